@@ -1,0 +1,461 @@
+"""``PerturbationData``: a perturbation screen ready for the model.
+
+Built from AnnData (raw counts in ``X`` or a layer, CSR kept sparse). Holds
+the dosage matrix (cells × single targets; ``A+B`` sets both; control all
+zeros), the artifact matrix (cells × artifact kinds), library sizes, split
+labels, counterfactual reference profiles, per-target and per-artifact cell
+counts for plate reweighting, and names. Minibatches densify only the batch.
+
+Example
+-------
+>>> from cradle_pyro import simulate_screen, PerturbationData
+>>> adata = simulate_screen(n_cells=300, n_genes=100, seed=0)
+>>> data = PerturbationData.from_anndata(adata, perturbation_key="perturbation",
+...                                      control_label="control", doublets=False)
+>>> batch = next(data.batches("train", batch_size=32, seed=0))
+>>> tuple(batch.counts.shape), tuple(batch.dosage.shape)
+((32, 100), (32, 10))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, NamedTuple
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from .errors import CradleInputError
+from .qc import CRITERIA, QCThresholds, label_artifacts
+from .references import ReferenceProfiles, build_reference_profiles
+from .splits import make_split, targets_of
+
+
+class Reference(NamedTuple):
+    """The reference groups present in one minibatch.
+
+    ``cell_group`` indexes rows of ``profiles`` (``-1``: no reference);
+    ``dosage`` and ``artifact`` are the group's dosage and counterfactual
+    artifact vectors.
+    """
+
+    cell_group: torch.Tensor
+    profiles: torch.Tensor
+    dosage: torch.Tensor
+    artifact: torch.Tensor
+
+
+@dataclass
+class Batch:
+    """One minibatch of cells, dense, on one device."""
+
+    counts: torch.Tensor
+    dosage: torch.Tensor
+    artifact: torch.Tensor
+    library: torch.Tensor
+    cell_index: torch.Tensor
+    num_cells: int
+    reference: Reference | None = None
+
+    def model_kwargs(self) -> dict:
+        """Keyword arguments of the model and guide."""
+        return dict(counts=self.counts, dosage=self.dosage, artifact=self.artifact,
+                    library=self.library, cell_index=self.cell_index,
+                    num_cells=self.num_cells, reference=self.reference)
+
+    @property
+    def size(self) -> int:
+        return self.counts.shape[0]
+
+
+class _DeviceCSR:
+    """CSR arrays as torch tensors; densifies a set of rows with torch ops only."""
+
+    def __init__(self, matrix: sp.csr_matrix, device):
+        self.shape = matrix.shape
+        self.indptr = torch.as_tensor(matrix.indptr.astype(np.int64), device=device)
+        self.indices = torch.as_tensor(matrix.indices.astype(np.int64), device=device)
+        self.data = torch.as_tensor(matrix.data.astype(np.float32), device=device)
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        start, stop = self.indptr[idx], self.indptr[idx + 1]
+        lengths = stop - start
+        out = torch.zeros(len(idx), self.shape[1], device=self.data.device)
+        total = int(lengths.sum())
+        if total == 0:
+            return out
+        row = torch.repeat_interleave(torch.arange(len(idx), device=idx.device), lengths)
+        offset = torch.arange(total, device=idx.device) - torch.repeat_interleave(
+            torch.cumsum(lengths, 0) - lengths, lengths)
+        pos = torch.repeat_interleave(start, lengths) + offset
+        out[row, self.indices[pos]] = self.data[pos]
+        return out
+
+
+def _check_counts(X, non_integer_counts: str):
+    data = X.data if sp.issparse(X) else np.asarray(X).ravel()
+    mat = X if sp.issparse(X) else sp.csr_matrix(X)
+
+    def n_cells_with(mask_values):
+        m = mat.copy()
+        m.data = mask_values.astype(np.float32)
+        m.eliminate_zeros()
+        return int((m.getnnz(axis=1) > 0).sum())
+
+    if np.isnan(mat.data).any():
+        raise CradleInputError(
+            f"counts hold NaN in {n_cells_with(np.isnan(mat.data))} cells; "
+            "remove those cells or fill the values"
+        )
+    if (mat.data < 0).any():
+        raise CradleInputError(
+            f"counts hold negative values in {n_cells_with(mat.data < 0)} cells; "
+            "pass raw UMI counts (X or a layer), not normalised or scaled values"
+        )
+    frac = mat.data != np.round(mat.data)
+    if frac.any():
+        n = n_cells_with(frac)
+        if non_integer_counts == "error":
+            raise CradleInputError(
+                f"counts hold non-integer values in {n} cells ({int(frac.sum())} entries); "
+                "pass raw counts, or non_integer_counts='round' to round them"
+            )
+        if non_integer_counts != "round":
+            raise CradleInputError(
+                f"non_integer_counts={non_integer_counts!r}; use 'error' or 'round'"
+            )
+    del data
+    return frac.any()
+
+
+def _validate_anndata(adata, perturbation_key, control_label, layer):
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise CradleInputError(
+            f"the dataset is empty ({adata.n_obs} cells × {adata.n_vars} genes)"
+        )
+    for axis, names in (("obs", adata.obs_names), ("var", adata.var_names)):
+        if not names.is_unique:
+            dup = names[names.duplicated()].unique()[:3].tolist()
+            raise CradleInputError(
+                f"{axis} names are not unique (e.g. {dup}); call adata.{axis}_names_make_unique()"
+            )
+    if perturbation_key not in adata.obs:
+        raise CradleInputError(
+            f"perturbation column {perturbation_key!r} not in obs; obs has "
+            f"{list(adata.obs.columns)} (pass perturbation_key=...)"
+        )
+    if layer is not None and layer not in adata.layers:
+        raise CradleInputError(
+            f"layer {layer!r} not found; available layers: {sorted(adata.layers)} "
+            "(pass layer=None to use X)"
+        )
+    labels = adata.obs[perturbation_key]
+    if labels.isna().any():
+        raise CradleInputError(
+            f"perturbation column {perturbation_key!r} is missing in {int(labels.isna().sum())} "
+            "cells; label them (e.g. as the control) or drop them"
+        )
+    if control_label not in set(labels.astype(str)):
+        values = sorted(set(labels.astype(str)))
+        raise CradleInputError(
+            f"control label {control_label!r} is not a value of {perturbation_key!r}; "
+            f"values include {values[:8]} (pass control_label=...)"
+        )
+
+
+@dataclass
+class PerturbationData:
+    """A perturbation screen as the model sees it. Build with :meth:`from_anndata`."""
+
+    counts: sp.csr_matrix
+    dosage: np.ndarray
+    artifact: np.ndarray
+    library: np.ndarray
+    split: np.ndarray
+    conditions: np.ndarray          # per cell: condition label
+    condition_names: list
+    condition_dosage: np.ndarray    # conditions × targets
+    condition_code: np.ndarray      # per cell: index into condition_names
+    references: ReferenceProfiles
+    gene_names: list
+    perturbation_names: list
+    artifact_names: list
+    obs_names: list
+    control_label: str = "control"
+    separator: str = "+"
+    qc_thresholds: QCThresholds | None = None
+    qc_table: pd.DataFrame | None = None
+    gene_mean: np.ndarray | None = None   # of log1p(1e4·x/library) on training cells
+    gene_std: np.ndarray | None = None
+    _device_cache: dict = field(default_factory=dict, repr=False)
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def from_anndata(
+        cls,
+        adata: ad.AnnData,
+        perturbation_key: str = "perturbation",
+        control_label: str = "control",
+        *,
+        combination_separator: str = "+",
+        layer: str | None = None,
+        artifact: str | list | None = None,
+        qc_k: float = 3.0,
+        qc_columns: dict | None = None,
+        doublets: bool = True,
+        artifact_kinds: str = "any",
+        split: str = "random",
+        split_fractions=(0.8, 0.1, 0.1),
+        heldout_fraction: float = 0.25,
+        drop_labels=("unassigned",),
+        non_integer_counts: str = "error",
+        reference_cells: int = 50,
+        reference_artifact_cells_only: bool = False,
+        seed: int = 0,
+    ) -> "PerturbationData":
+        """Build from AnnData; ``adata`` itself is never modified.
+
+        Parameters
+        ----------
+        adata
+            Cells × genes with raw counts in ``X`` or ``layer``.
+        perturbation_key, control_label, combination_separator
+            obs column of condition labels; the control's label; the separator
+            of combinations (``"A+B"``).
+        artifact
+            ``None``: label artifacts by QC here (``qc_k``, ``qc_columns``,
+            ``doublets``, ``artifact_kinds`` as in
+            :func:`cradle_pyro.qc.label_artifacts`); or an obs column (0/1) or
+            list of columns, one artifact kind each.
+        split
+            ``"random"``, ``"unseen-combinations"`` or an obs column with
+            ``train`` / ``val`` / ``test``.
+        drop_labels
+            Condition labels whose cells are dropped (Papalexi's
+            ``"unassigned"``); pass ``()`` to keep them as a condition of their own.
+        non_integer_counts
+            ``"error"`` or ``"round"``.
+        reference_cells, reference_artifact_cells_only
+            Peers per reference profile; give references to artifact cells only.
+        seed
+            Seeds the split, scrublet and the choice of reference peers.
+        """
+        _validate_anndata(adata, perturbation_key, control_label, layer)
+        labels_all = adata.obs[perturbation_key].astype(str).to_numpy()
+        keep = ~np.isin(labels_all, list(drop_labels))
+        if not keep.any():
+            raise CradleInputError(f"dropping {list(drop_labels)} leaves no cell")
+        view = adata[keep] if not keep.all() else adata
+        X = view.X if layer is None else view.layers[layer]
+        rounded = _check_counts(X, non_integer_counts)
+        counts = sp.csr_matrix(X, dtype=np.float32, copy=True)
+        if rounded:
+            counts.data = np.round(counts.data)
+            counts.eliminate_zeros()
+        library = np.asarray(counts.sum(1)).ravel().astype(np.float32)
+        if (library <= 0).any():
+            raise CradleInputError(
+                f"{int((library <= 0).sum())} cells have no counts in any gene; "
+                "drop them (e.g. sc.pp.filter_cells(adata, min_counts=1))"
+            )
+        labels = labels_all[keep]
+        condition_names = sorted(set(labels), key=lambda c: (c != control_label, c))
+        code_of = {c: i for i, c in enumerate(condition_names)}
+        condition_code = np.array([code_of[c] for c in labels], dtype=np.int64)
+        targets = sorted({t for c in condition_names
+                          for t in targets_of(c, control_label, combination_separator)})
+        t_index = {t: i for i, t in enumerate(targets)}
+        condition_dosage = np.zeros((len(condition_names), len(targets)), dtype=np.float32)
+        for i, c in enumerate(condition_names):
+            for t in targets_of(c, control_label, combination_separator):
+                condition_dosage[i, t_index[t]] = 1.0
+
+        split_labels = make_split(
+            labels,
+            "column" if split in view.obs else split,
+            control_label=control_label, separator=combination_separator,
+            fractions=split_fractions, heldout_fraction=heldout_fraction, seed=seed,
+            column_values=view.obs[split].to_numpy() if split in view.obs else None,
+        )
+
+        qc_thresholds, qc_table = None, None
+        if artifact is None:
+            qc_view = ad.AnnData(X=counts, obs=view.obs.copy(), var=pd.DataFrame(index=view.var_names))
+            qc_thresholds, qc_table = label_artifacts(
+                qc_view, k=qc_k, columns=qc_columns, doublets=doublets,
+                artifact_kinds=artifact_kinds, seed=seed, inplace=False)
+            artifact_mat = qc_thresholds.artifact_matrix(qc_table)
+            artifact_names = qc_thresholds.kinds
+        else:
+            cols = [artifact] if isinstance(artifact, str) else list(artifact)
+            missing = [c for c in cols if c not in view.obs]
+            if missing:
+                raise CradleInputError(
+                    f"artifact column(s) {missing} not in obs; obs has {list(view.obs.columns)}"
+                )
+            artifact_mat = view.obs[cols].to_numpy(dtype=np.float32)
+            if not np.isin(artifact_mat, (0.0, 1.0)).all():
+                raise CradleInputError(f"artifact column(s) {cols} must hold 0/1 or booleans")
+            artifact_names = cols
+
+        references = build_reference_profiles(
+            counts, split_labels, condition_code, artifact_mat, max_cells=reference_cells,
+            artifact_cells_only=reference_artifact_cells_only, seed=seed)
+
+        data = cls(
+            counts=counts, dosage=condition_dosage[condition_code], artifact=artifact_mat,
+            library=library, split=split_labels, conditions=labels,
+            condition_names=condition_names, condition_dosage=condition_dosage,
+            condition_code=condition_code, references=references,
+            gene_names=list(map(str, view.var_names)), perturbation_names=targets,
+            artifact_names=list(artifact_names), obs_names=list(map(str, view.obs_names)),
+            control_label=control_label, separator=combination_separator,
+            qc_thresholds=qc_thresholds, qc_table=qc_table,
+        )
+        data.gene_mean, data.gene_std = data._log_standardisation()
+        return data
+
+    def _log_standardisation(self):
+        """Gene mean and std of log1p(1e4·x/library) on training cells; std 0 → 1."""
+        train = np.flatnonzero(self.split == "train")
+        norm = sp.diags(1e4 / self.library[train]) @ self.counts[train]
+        norm.data = np.log1p(norm.data)
+        mean = np.asarray(norm.mean(0)).ravel()
+        sq = norm.copy()
+        sq.data **= 2
+        var = np.asarray(sq.mean(0)).ravel() - mean ** 2
+        std = np.sqrt(np.clip(var, 0, None))
+        # all-zero genes (half of the Norman panel) would divide by zero
+        std[std < 1e-6] = 1.0
+        return mean.astype(np.float32), std.astype(np.float32)
+
+    # -------------------------------------------------------------- counting
+    @property
+    def n_cells(self) -> int:
+        return self.counts.shape[0]
+
+    @property
+    def n_genes(self) -> int:
+        return self.counts.shape[1]
+
+    @property
+    def n_perturbations(self) -> int:
+        return len(self.perturbation_names)
+
+    @property
+    def n_artifacts(self) -> int:
+        return len(self.artifact_names)
+
+    def indices(self, split: str | None) -> np.ndarray:
+        """Cell positions of a split (all cells for ``None``)."""
+        if split is None:
+            return np.arange(self.n_cells)
+        idx = np.flatnonzero(self.split == split)
+        return idx
+
+    def perturbation_cell_counts(self, split: str = "train") -> np.ndarray:
+        """Cells receiving each target in ``split`` (n_p of the plate reweighting)."""
+        return self.dosage[self.indices(split)].sum(0)
+
+    def artifact_cell_counts(self, split: str = "train") -> np.ndarray:
+        """Cells with each artifact kind in ``split`` (n_a of the plate reweighting)."""
+        return self.artifact[self.indices(split)].sum(0)
+
+    def summary(self) -> pd.DataFrame:
+        """Cells per condition and split, with artifact shares."""
+        df = pd.DataFrame({"condition": self.conditions, "split": self.split,
+                           "artifact": self.artifact.max(1) if self.n_artifacts else 0})
+        return df.groupby(["condition", "split"]).agg(
+            n_cells=("artifact", "size"), artifact_share=("artifact", "mean")).reset_index()
+
+    def subset(self, split: str) -> "PerturbationData":
+        """The cells of one split (references and QC kept for those cells)."""
+        idx = self.indices(split)
+        ref = self.references
+        refs = ReferenceProfiles(ref.profiles, ref.counterfactual_artifact, ref.condition,
+                                 ref.groups, ref.cell_group[idx])
+        return PerturbationData(
+            counts=self.counts[idx], dosage=self.dosage[idx], artifact=self.artifact[idx],
+            library=self.library[idx], split=self.split[idx], conditions=self.conditions[idx],
+            condition_names=self.condition_names, condition_dosage=self.condition_dosage,
+            condition_code=self.condition_code[idx], references=refs,
+            gene_names=self.gene_names, perturbation_names=self.perturbation_names,
+            artifact_names=self.artifact_names, obs_names=[self.obs_names[i] for i in idx],
+            control_label=self.control_label, separator=self.separator,
+            qc_thresholds=self.qc_thresholds,
+            qc_table=None if self.qc_table is None else self.qc_table.iloc[idx],
+            gene_mean=self.gene_mean, gene_std=self.gene_std,
+        )
+
+    def dosage_of(self, condition: str) -> np.ndarray:
+        """The dosage vector of a condition label such as ``"A+B"`` (seen or not)."""
+        vec = np.zeros(self.n_perturbations, dtype=np.float32)
+        if condition == self.control_label:
+            return vec
+        for t in targets_of(condition, self.control_label, self.separator):
+            if t not in self.perturbation_names:
+                raise CradleInputError(
+                    f"target {t!r} of {condition!r} was never observed; known targets: "
+                    f"{self.perturbation_names[:10]}{'…' if self.n_perturbations > 10 else ''}"
+                )
+            vec[self.perturbation_names.index(t)] = 1.0
+        return vec
+
+    # ------------------------------------------------------------- batching
+    def _on(self, device) -> dict:
+        key = str(torch.device(device))
+        if key not in self._device_cache:
+            t = lambda a, dt=torch.float32: torch.as_tensor(np.asarray(a), dtype=dt, device=device)
+            ref = self.references
+            self._device_cache[key] = dict(
+                counts=_DeviceCSR(self.counts, device),
+                dosage=t(self.dosage), artifact=t(self.artifact), library=t(self.library),
+                cell_group=t(ref.cell_group, torch.int64),
+                profiles=t(ref.profiles),
+                ref_dosage=t(self.condition_dosage[ref.condition] if len(ref.condition)
+                             else np.zeros((0, self.n_perturbations))),
+                ref_artifact=t(ref.counterfactual_artifact),
+            )
+        return self._device_cache[key]
+
+    def batch(self, index, device="cpu", num_cells: int | None = None) -> Batch:
+        """The cells at positions ``index`` as one dense :class:`Batch`."""
+        on = self._on(device)
+        idx = torch.as_tensor(np.asarray(index), dtype=torch.int64, device=device)
+        groups = on["cell_group"][idx]
+        present, inverse = torch.unique(groups[groups >= 0], return_inverse=True)
+        cell_group = torch.full_like(groups, -1)
+        cell_group[groups >= 0] = inverse
+        reference = Reference(cell_group, on["profiles"][present], on["ref_dosage"][present],
+                              on["ref_artifact"][present])
+        return Batch(
+            counts=on["counts"].rows(idx), dosage=on["dosage"][idx],
+            artifact=on["artifact"][idx], library=on["library"][idx], cell_index=idx,
+            num_cells=num_cells or len(idx), reference=reference,
+        )
+
+    def batches(
+        self,
+        split: str | None = "train",
+        batch_size: int = 256,
+        shuffle: bool = True,
+        seed: int | None = None,
+        device="cpu",
+        drop_last: bool = False,
+    ) -> Iterator[Batch]:
+        """Minibatches of a split; each densified on ``device`` when drawn.
+
+        ``num_cells`` of every batch is the size of the split, so the model's
+        cell plate scales local terms by N/B.
+        """
+        idx = self.indices(split)
+        if len(idx) == 0:
+            raise CradleInputError(f"split {split!r} holds no cells")
+        if shuffle:
+            idx = np.random.default_rng(seed).permutation(idx)
+        stop = len(idx) - (len(idx) % batch_size if drop_last and len(idx) > batch_size else 0)
+        for start in range(0, stop, batch_size):
+            yield self.batch(idx[start:start + batch_size], device=device, num_cells=len(self.indices(split)))

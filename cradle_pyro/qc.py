@@ -1,0 +1,371 @@
+"""Quality control: label technical artifacts with k·MAD rules and scrublet.
+
+Six criteria, each a one-sided outlier rule on a scanpy QC metric
+(:func:`scanpy.pp.calculate_qc_metrics` names) or on an obs column the user
+points at instead:
+
+================  ===============================  =========
+criterion         default metric                   direction
+================  ===============================  =========
+low_total_counts  ``log1p_total_counts``           low
+low_n_genes       ``log1p_n_genes_by_counts``      low
+high_pct_mt       ``pct_counts_mt``                high
+high_pct_ribo     ``pct_counts_ribo``              high
+high_pct_hb       ``pct_counts_hb``                high
+doublet           scrublet ``predicted_doublet``   flag
+================  ===============================  =========
+
+A cell fails a rule when its value lies more than ``k`` median absolute
+deviations below (``low``) or above (``high``) the median. The MAD is scaled by
+1.4826 as in R's ``mad`` and scater's ``isOutlier`` (the convention in which
+"3 MADs" was proposed), so ``k`` reads as standard deviations. The learnt rules are
+returned as :class:`QCThresholds`, which judges any other cells (for instance
+generated ones) by the same rule.
+
+Example
+-------
+>>> from cradle_pyro import simulate_screen, label_artifacts
+>>> adata = simulate_screen(n_cells=400, n_genes=200, seed=0)
+>>> thresholds = label_artifacts(adata, doublets=False)
+>>> sorted(c for c in adata.obs.columns if c.startswith("qc_"))[:2]
+['qc_high_pct_hb', 'qc_high_pct_mt']
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .errors import CradleInputError
+
+CRITERIA = (
+    "low_total_counts",
+    "low_n_genes",
+    "high_pct_mt",
+    "high_pct_ribo",
+    "high_pct_hb",
+    "doublet",
+)
+
+# criterion -> (scanpy metric, direction, log1p applied to a user column)
+_PANEL_METRIC = {
+    "low_total_counts": ("log1p_total_counts", "low", True),
+    "low_n_genes": ("log1p_n_genes_by_counts", "low", True),
+    "high_pct_mt": ("pct_counts_mt", "high", False),
+    "high_pct_ribo": ("pct_counts_ribo", "high", False),
+    "high_pct_hb": ("pct_counts_hb", "high", False),
+}
+
+MAD_SCALE = 1.4826  # makes the MAD a consistent estimate of the normal standard deviation
+
+GENE_GROUPS = {
+    "mt": r"^(?:MT-|mt-)",
+    "ribo": r"^(?:RPS|RPL|Rps|Rpl)",
+    "hb": r"^(?:HB[^PES]|Hb[^pes])",
+}
+
+
+@dataclass
+class QCRule:
+    """One outlier rule: ``value < median - k·MAD`` (low) or ``> median + k·MAD`` (high)."""
+
+    criterion: str
+    column: str
+    direction: str
+    log1p: bool
+    median: float
+    mad: float
+    threshold: float
+    active: bool = True
+    note: str = ""
+    source: str = "panel"  # "panel": computed from the counts; "obs": a user column
+
+    def flag(self, values: np.ndarray) -> np.ndarray:
+        """Boolean array: which values fail this rule."""
+        if not self.active:
+            return np.zeros(len(values), dtype=bool)
+        v = np.log1p(values) if self.log1p else np.asarray(values, dtype=float)
+        return v < self.threshold if self.direction == "low" else v > self.threshold
+
+
+@dataclass
+class QCThresholds:
+    """Learnt QC rules; judges any cells by the same rule.
+
+    ``rules`` holds the rule per criterion on the column used for labelling;
+    ``panel_rules`` holds the same criterion learnt on the measured genes, used
+    for cells that lack the labelling column (generated cells, for instance).
+    """
+
+    k: float
+    rules: dict = field(default_factory=dict)
+    panel_rules: dict = field(default_factory=dict)
+    doublet_column: str | None = None
+    artifact_kinds: str = "any"
+
+    @property
+    def kinds(self) -> list[str]:
+        """Names of the artifact kinds this labelling produces."""
+        active = [c for c in CRITERIA if self._is_active(c)]
+        return ["artifact"] if self.artifact_kinds == "any" else active
+
+    def _is_active(self, criterion: str) -> bool:
+        if criterion == "doublet":
+            return self.doublet_column is not None
+        return criterion in self.rules and self.rules[criterion].active
+
+    def judge(self, adata: ad.AnnData, layer: str | None = None) -> pd.DataFrame:
+        """Apply the rules to ``adata``; returns ``qc_<criterion>`` columns and ``artifact``.
+
+        A criterion learnt on an obs column uses that column when ``adata`` has
+        it, else the panel rule on metrics computed from the counts. Doublets are
+        judged only when the doublet column is present.
+        """
+        metrics = qc_metrics(adata, layer=layer)
+        out = pd.DataFrame(index=adata.obs_names)
+        for criterion in CRITERIA[:-1]:
+            rule = self.rules.get(criterion)
+            if rule is None:
+                continue
+            if rule.source == "obs" and rule.column in adata.obs:
+                values = adata.obs[rule.column].to_numpy(dtype=float)
+            else:
+                rule = self.panel_rules[criterion]
+                values = _raw_metric(metrics, rule.column)
+            out[f"qc_{criterion}"] = rule.flag(values)
+        if self.doublet_column is not None and self.doublet_column in adata.obs:
+            out["qc_doublet"] = adata.obs[self.doublet_column].to_numpy(dtype=bool)
+        flags = out[[c for c in out.columns if c.startswith("qc_")]]
+        out["artifact"] = flags.any(axis=1).to_numpy()
+        return out
+
+    def artifact_matrix(self, labels: pd.DataFrame) -> np.ndarray:
+        """Cells × artifact kinds 0/1 matrix from :meth:`judge`-style labels."""
+        if self.artifact_kinds == "any":
+            return labels[["artifact"]].to_numpy(dtype=np.float32)
+        return labels[[f"qc_{k}" for k in self.kinds]].to_numpy(dtype=np.float32)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        return json.loads(json.dumps(d))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "QCThresholds":
+        return cls(
+            k=d["k"],
+            rules={k: QCRule(**v) for k, v in d["rules"].items()},
+            panel_rules={k: QCRule(**v) for k, v in d["panel_rules"].items()},
+            doublet_column=d.get("doublet_column"),
+            artifact_kinds=d.get("artifact_kinds", "any"),
+        )
+
+    def describe(self) -> pd.DataFrame:
+        """A table of the rules, in the units of their columns."""
+        rows = []
+        for c, r in self.rules.items():
+            raw = np.expm1(r.threshold) if r.log1p else r.threshold
+            rows.append(
+                dict(criterion=c, column=r.column, direction=r.direction, median=r.median,
+                     mad=r.mad, threshold=r.threshold, threshold_raw=raw, active=r.active,
+                     note=r.note)
+            )
+        return pd.DataFrame(rows).set_index("criterion")
+
+
+def _counts_matrix(adata: ad.AnnData, layer: str | None):
+    if layer is None:
+        return adata.X
+    if layer not in adata.layers:
+        raise CradleInputError(
+            f"layer {layer!r} not found; available layers: {sorted(adata.layers)} "
+            "(pass layer=None to use X)"
+        )
+    return adata.layers[layer]
+
+
+def qc_metrics(adata: ad.AnnData, layer: str | None = None) -> pd.DataFrame:
+    """scanpy QC metrics of ``adata``'s counts, without modifying ``adata``.
+
+    Gene groups ``mt``, ``ribo`` and ``hb`` are recognised from gene names
+    (human and mouse conventions).
+    """
+    import scanpy as sc
+
+    X = _counts_matrix(adata, layer)
+    X = sp.csr_matrix(X) if not sp.issparse(X) else X
+    var = pd.DataFrame(index=adata.var_names.astype(str))
+    for group, pattern in GENE_GROUPS.items():
+        var[group] = var.index.str.contains(pattern, regex=True)
+    tmp = ad.AnnData(X=X, var=var, obs=pd.DataFrame(index=adata.obs_names.astype(str)))
+    obs_metrics, _ = sc.pp.calculate_qc_metrics(
+        tmp, qc_vars=list(GENE_GROUPS), percent_top=None, log1p=True, inplace=False
+    )
+    return obs_metrics
+
+
+def _raw_metric(metrics: pd.DataFrame, column: str) -> np.ndarray:
+    """Values of a panel metric in raw units (log1p columns are undone)."""
+    if column.startswith("log1p_"):
+        return metrics[column[len("log1p_"):]].to_numpy(dtype=float)
+    return metrics[column].to_numpy(dtype=float)
+
+
+def _learn_rule(criterion, column, values, direction, log1p, k, source="panel") -> QCRule:
+    v = np.log1p(values) if log1p else np.asarray(values, dtype=float)
+    if np.isnan(v).any():
+        raise CradleInputError(
+            f"QC column {column!r} has {int(np.isnan(v).sum())} missing values; "
+            "fill them or point the criterion at another column"
+        )
+    median = float(np.median(v))
+    # scaled MAD (R's mad(), scater's isOutlier): k = 3 means about 3 standard deviations
+    mad = MAD_SCALE * float(np.median(np.abs(v - median)))
+    threshold = median - k * mad if direction == "low" else median + k * mad
+    active, note = True, ""
+    if mad == 0.0:
+        # Half the cells share one value (a gene group absent from the panel,
+        # for instance): any other value would be an "outlier", so the rule is off.
+        active, note = False, "MAD is 0 (no spread); rule switched off"
+    return QCRule(criterion, column, direction, log1p, median, mad, threshold, active, note, source)
+
+
+def learn_thresholds(
+    adata: ad.AnnData,
+    k: float = 3.0,
+    columns: dict | None = None,
+    doublets: bool | str = True,
+    artifact_kinds: str = "any",
+    layer: str | None = None,
+    seed: int = 0,
+) -> tuple[QCThresholds, pd.DataFrame]:
+    """Learn the QC rules on ``adata`` without modifying it.
+
+    Returns the thresholds and the per-cell metrics used (including the
+    scrublet columns when doublets were predicted here).
+    """
+    columns = dict(columns or {})
+    unknown = set(columns) - set(CRITERIA)
+    if unknown:
+        raise CradleInputError(
+            f"unknown QC criteria {sorted(unknown)}; choose among {list(CRITERIA)}"
+        )
+    if artifact_kinds not in ("any", "per-criterion"):
+        raise CradleInputError(
+            f"artifact_kinds={artifact_kinds!r}; use 'any' (one kind) or 'per-criterion'"
+        )
+    for crit, col in columns.items():
+        if col not in adata.obs:
+            raise CradleInputError(
+                f"QC column {col!r} for criterion {crit!r} is not in obs; "
+                f"obs has {list(adata.obs.columns)}"
+            )
+    metrics = qc_metrics(adata, layer=layer)
+    thresholds = QCThresholds(k=k, artifact_kinds=artifact_kinds)
+    for criterion, (metric, direction, log1p_user) in _PANEL_METRIC.items():
+        panel = _learn_rule(criterion, metric, _raw_metric(metrics, metric), direction,
+                            metric.startswith("log1p_"), k)
+        thresholds.panel_rules[criterion] = panel
+        if criterion in columns:
+            col = columns[criterion]
+            thresholds.rules[criterion] = _learn_rule(
+                criterion, col, adata.obs[col].to_numpy(dtype=float), direction, log1p_user, k,
+                source="obs",
+            )
+        else:
+            thresholds.rules[criterion] = panel
+    if "doublet" in columns:
+        thresholds.doublet_column = columns["doublet"]
+        metrics["predicted_doublet"] = adata.obs[columns["doublet"]].to_numpy(dtype=bool)
+    elif doublets:
+        metrics = metrics.join(predict_doublets(adata, layer=layer, seed=seed))
+        thresholds.doublet_column = "predicted_doublet"
+    return thresholds, metrics
+
+
+def predict_doublets(adata: ad.AnnData, layer: str | None = None, seed: int = 0) -> pd.DataFrame:
+    """scanpy's scrublet on a copy; returns ``doublet_score`` and ``predicted_doublet``."""
+    import scanpy as sc
+
+    X = _counts_matrix(adata, layer)
+    tmp = ad.AnnData(X=sp.csr_matrix(X, dtype=np.float32),
+                     obs=pd.DataFrame(index=adata.obs_names.astype(str)))
+    n_genes_expressed = int((np.asarray((tmp.X > 0).sum(axis=0)).ravel() >= 3).sum())
+    if n_genes_expressed < 50 or tmp.n_obs < 100:
+        raise CradleInputError(
+            f"scrublet needs at least 100 cells and 50 genes seen in 3 cells "
+            f"(have {tmp.n_obs} cells, {n_genes_expressed} genes); pass doublets=False"
+        )
+    n_pcs = int(min(30, n_genes_expressed - 1, tmp.n_obs - 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # exact neighbours: the approximate path breaks on scipy sparse arrays
+        sc.pp.scrublet(tmp, random_state=seed, n_prin_comps=n_pcs, use_approx_neighbors=False,
+                       verbose=False)
+    return tmp.obs[["doublet_score", "predicted_doublet"]].astype(
+        {"doublet_score": float, "predicted_doublet": bool}
+    )
+
+
+def label_artifacts(
+    adata: ad.AnnData,
+    k: float = 3.0,
+    columns: dict | None = None,
+    doublets: bool = True,
+    artifact_kinds: str = "any",
+    layer: str | None = None,
+    seed: int = 0,
+    inplace: bool = True,
+) -> QCThresholds | tuple[QCThresholds, pd.DataFrame]:
+    """Label artifact cells by the six QC criteria.
+
+    Parameters
+    ----------
+    adata
+        Cells × genes with raw counts in ``X`` or ``layer``.
+    k
+        Number of median absolute deviations beyond which a cell is an outlier.
+    columns
+        Criterion → obs column to use instead of the panel metric, e.g.
+        ``{"low_total_counts": "total_counts_transcriptome"}``; for
+        ``"doublet"`` a boolean column of predicted doublets.
+    doublets
+        Run scanpy's scrublet (needs enough genes and cells).
+    artifact_kinds
+        ``"any"``: one kind, ``artifact``, failed if any criterion fails;
+        ``"per-criterion"``: one kind per active criterion.
+    inplace
+        Write the metrics, ``qc_<criterion>`` and ``artifact`` into ``adata.obs``
+        and return the thresholds; else return ``(thresholds, obs_table)``.
+
+    Examples
+    --------
+    >>> from cradle_pyro import simulate_screen
+    >>> adata = simulate_screen(n_cells=400, n_genes=200, seed=0)
+    >>> t = label_artifacts(adata, doublets=False)
+    >>> bool(adata.obs["artifact"].any())
+    True
+    """
+    thresholds, metrics = learn_thresholds(adata, k, columns, doublets, artifact_kinds, layer, seed)
+    labels = thresholds.judge(_with_obs(adata, metrics), layer=layer)
+    table = metrics.join(labels)
+    if not inplace:
+        return thresholds, table
+    for col in table.columns:
+        adata.obs[col] = table[col].to_numpy()
+    adata.uns["cradle_qc"] = thresholds.to_dict()
+    return thresholds
+
+
+def _with_obs(adata: ad.AnnData, extra: pd.DataFrame) -> ad.AnnData:
+    """A view-like AnnData sharing X and layers, with extra obs columns (no copy of counts)."""
+    obs = adata.obs.copy()
+    for col in extra.columns:
+        if col not in obs:
+            obs[col] = extra[col].to_numpy()
+    return ad.AnnData(X=adata.X, obs=obs, var=adata.var[[]].copy(), layers=dict(adata.layers))
