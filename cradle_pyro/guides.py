@@ -1,0 +1,260 @@
+"""Variational guides: the paper's correlated guide and a mean-field guide.
+
+Both are plain :class:`~pyro.nn.PyroModule` callables with the model's
+signature. They sample the same latent sites as the model
+(``effect``, ``mask``, ``mask_rate`` for ``svae+``, ``artifact_effect``,
+``basal``) and return a dict; with a minibatch ``reference`` (see
+:class:`cradle_pyro.data.Reference`) that dict holds CRADLE's per-cell
+counterfactual alignment KL, which the objective reads from the trace's
+``_RETURN`` node.
+
+- :class:`CorrelatedGuide`: q(mask) straight-through Bernoulli (pmf scored),
+  q(effect | mask) from an MLP of ``[mask_p, one-hot(p)]``, q(artifact_effect)
+  Normal, q(basal | x, offsets) from an encoder of log-standardised counts and
+  the cell's perturbation and artifact offsets.
+- :class:`MeanFieldGuide`: independent factors for the globals and
+  q(basal | x).
+- :class:`BasalGuide`: the amortised q(basal | x) alone, to pair with a Pyro
+  autoguide on the globals (``AutoGuideList``).
+
+Example
+-------
+>>> import torch
+>>> from pyro import poutine
+>>> from cradle_pyro.model import CradleModel
+>>> model = CradleModel(n_genes=30, n_perturbations=4, n_artifacts=1)
+>>> guide = CorrelatedGuide(model)
+>>> x = torch.poisson(torch.full((5, 30), 3.0))
+>>> tr = poutine.trace(guide).get_trace(counts=x, dosage=torch.zeros(5, 4),
+...                                     artifact=torch.zeros(5, 1), library=x.sum(1))
+>>> tuple(tr.nodes["basal"]["value"].shape)
+(5, 10)
+"""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule, PyroParam
+from torch.distributions import constraints
+from torch.distributions import kl_divergence
+
+from .distributions import BernoulliStraightThrough
+from .model import CradleModel, _batch_size
+from .nets import BasalEncoder, EffectNet, log_standardise
+
+
+class _GuideBase(PyroModule):
+    """Shared parts: gene standardisation, q(basal | x, offsets), the alignment KL."""
+
+    def __init__(self, model: CradleModel, gene_mean=None, gene_std=None, use_offsets=True,
+                 temperature: float = 0.5):
+        super().__init__()
+        self.model_ref = [model]  # a list keeps the model out of the guide's parameters
+        cfg = model.config
+        G = model.n_genes
+        self.register_buffer("gene_mean", torch.as_tensor(gene_mean if gene_mean is not None
+                                                          else torch.zeros(G), dtype=torch.float32))
+        self.register_buffer("gene_std", torch.as_tensor(gene_std if gene_std is not None
+                                                         else torch.ones(G), dtype=torch.float32))
+        self.use_offsets = use_offsets
+        self.temperature = temperature
+        self.encoder = BasalEncoder(
+            G, cfg.latent_dim, cfg.hidden_dim,
+            perturbation_dim=model.perturbation_offset_dim if use_offsets else 0,
+            artifact_dim=model.artifact_offset_dim if use_offsets else 0,
+            n_layers=cfg.n_layers)
+
+    @property
+    def model(self) -> CradleModel:
+        return self.model_ref[0]
+
+    def standardise(self, counts, library):
+        return log_standardise(counts, library, self.gene_mean, self.gene_std)
+
+    def basal_distribution(self, hx, dosage, artifact, effect, mask, artifact_effect):
+        """q(basal | x, offsets) from the shared x part ``hx``."""
+        if not self.use_offsets:
+            loc, scale = self.encoder.head(hx)
+        else:
+            m = self.model
+            loc, scale = self.encoder.head(
+                hx, m.perturbation_offset(dosage, effect, mask),
+                m.artifact_offset(artifact, artifact_effect) if artifact is not None else None)
+        return dist.Normal(loc, scale)
+
+    def sample_basal(self, counts, dosage, artifact, library, cell_index, num_cells,
+                     globals_, reference):
+        n = counts.shape[-2]
+        subsample = cell_index if cell_index is not None else torch.arange(n, device=counts.device)
+        hx = self.encoder.x_part(self.standardise(counts, library))
+        q = self.basal_distribution(hx, dosage, artifact, *globals_)
+        with pyro.plate("cells", num_cells or n, subsample=subsample, dim=-1):
+            pyro.sample("basal", q.to_event(1))
+        out = {"basal_loc": q.loc, "basal_scale": q.scale}
+        if reference is not None and self.model.artifact_offset_dim > 0:
+            out.update(self.alignment_kl(hx, dosage, globals_, reference))
+        return out
+
+    def alignment_kl(self, hx, dosage, globals_, reference):
+        """KL(q(basal | x_ref, dosage, a_cf) ‖ q(basal | x, dosage, a_cf)) per cell.
+
+        Reference encodings are computed once per group in the batch; the
+        cell's counterfactual encoding reuses its factual ``hx``.
+        """
+        group = reference.cell_group
+        has_ref = group >= 0
+        if reference.profiles.shape[0] == 0:
+            zeros = torch.zeros(hx.shape[:-1], device=hx.device)
+            return {"alignment_kl": zeros, "has_reference": has_ref}
+        ref_library = reference.profiles.sum(-1)
+        h_ref = self.encoder.x_part(self.standardise(reference.profiles, ref_library))
+        q_ref = self.basal_distribution(h_ref, reference.dosage, reference.artifact, *globals_)
+        idx = group.clamp(min=0)
+        q_cf = self.basal_distribution(hx, dosage, reference.artifact[idx], *globals_)
+        ref_loc = q_ref.loc.index_select(-2, idx)
+        ref_scale = q_ref.scale.index_select(-2, idx)
+        kl = kl_divergence(dist.Normal(ref_loc, ref_scale), q_cf).sum(-1)
+        return {"alignment_kl": kl * has_ref.to(kl.dtype), "has_reference": has_ref}
+
+
+class CorrelatedGuide(_GuideBase):
+    """The CRADLE / SAMS-VAE correlated guide (see module docstring).
+
+    Parameters
+    ----------
+    model
+        The :class:`~cradle_pyro.model.CradleModel` this guide serves.
+    gene_mean, gene_std
+        Standardisation of log1p-normalised counts (from
+        :class:`~cradle_pyro.data.PerturbationData`).
+    temperature
+        Of the straight-through mask relaxation.
+    """
+
+    correlated = True
+
+    def __init__(self, model, gene_mean=None, gene_std=None, temperature=0.5,
+                 mask_init_logit: float = -2.0):
+        super().__init__(model, gene_mean, gene_std, use_offsets=self.correlated,
+                         temperature=temperature)
+        cfg, P, A, d = model.config, model.n_perturbations, model.n_artifacts, model.latent_dim
+        if cfg.use_embeddings:
+            self.mask_logits = PyroParam(torch.full((P, d), mask_init_logit))
+            if cfg.use_mask and self.correlated:
+                self.effect_net = EffectNet(P, d, cfg.hidden_dim)
+            else:
+                self.effect_loc = PyroParam(torch.zeros(P, d))
+                self.effect_scale = PyroParam(torch.full((P, d), 0.1), constraint=constraints.positive)
+            if cfg.beta_bernoulli_mask:
+                self.mask_rate_concentration = PyroParam(
+                    torch.tensor(cfg.mask_beta, dtype=torch.float32).expand(d, 2).clone(),
+                    constraint=constraints.positive)
+        if cfg.use_artifact_latents:
+            self.artifact_effect_loc = PyroParam(torch.zeros(A, d))
+            self.artifact_effect_scale = PyroParam(torch.full((A, d), 0.1),
+                                                   constraint=constraints.positive)
+
+    def effect_distribution(self, mask):
+        """q(effect | mask): the effect network, or free parameters (mean-field, no mask)."""
+        if hasattr(self, "effect_net"):
+            return dist.Normal(*self.effect_net(mask))
+        return dist.Normal(self.effect_loc, self.effect_scale)
+
+    def sample_globals(self):
+        cfg, m = self.model.config, self.model
+        effect = mask = artifact_effect = None
+        if cfg.use_embeddings:
+            if cfg.beta_bernoulli_mask:
+                c = self.mask_rate_concentration
+                pyro.sample("mask_rate", dist.Beta(c[:, 0], c[:, 1]).to_event(1))
+            with pyro.plate("perturbations", m.n_perturbations, dim=-1):
+                if cfg.use_mask:
+                    mask = pyro.sample("mask", BernoulliStraightThrough(
+                        self.mask_logits, self.temperature).to_event(1))
+                effect = pyro.sample("effect", self.effect_distribution(mask).to_event(1))
+        if cfg.use_artifact_latents:
+            with pyro.plate("artifact_kinds", m.n_artifacts, dim=-1):
+                artifact_effect = pyro.sample("artifact_effect", dist.Normal(
+                    self.artifact_effect_loc, self.artifact_effect_scale).to_event(1))
+        return effect, mask, artifact_effect
+
+    def forward(self, counts=None, dosage=None, artifact=None, library=None, *,
+                cell_index=None, num_cells=None, reference=None, n_cells=None):
+        globals_ = self.sample_globals()
+        if counts is None:  # nothing observed: only the globals have a posterior
+            return {}
+        if library is None:
+            library = counts.sum(-1)
+        return self.sample_basal(counts, dosage, artifact, library, cell_index, num_cells,
+                                 globals_, reference)
+
+
+class MeanFieldGuide(CorrelatedGuide):
+    """Independent factors: q(mask) q(effect) q(artifact_effect) q(basal | x)."""
+
+    correlated = False
+
+
+class BasalGuide(_GuideBase):
+    """The amortised q(basal | x) alone; pair it with an autoguide for the globals.
+
+    See :class:`CombinedGuide` for an example.
+    """
+
+    def __init__(self, model, gene_mean=None, gene_std=None):
+        super().__init__(model, gene_mean, gene_std, use_offsets=False)
+
+    def forward(self, counts=None, dosage=None, artifact=None, library=None, *,
+                cell_index=None, num_cells=None, reference=None, n_cells=None):
+        if counts is None:
+            return {}
+        if library is None:
+            library = counts.sum(-1)
+        out = self.sample_basal(counts, dosage, artifact, library, cell_index, num_cells,
+                                (None, None, None), None)
+        return out
+
+
+class CombinedGuide(PyroModule):
+    """Run several guides in turn, each serving its own sites.
+
+    Pyro's ``AutoGuideList`` pre-creates every model plate, which clashes with a
+    part that opens the ``cells`` plate itself; this does not.
+
+    Example
+    -------
+    >>> from pyro import poutine
+    >>> from pyro.infer.autoguide import AutoNormal
+    >>> from cradle_pyro.config import ModelConfig
+    >>> model = CradleModel(30, 4, 1, ModelConfig(model="cpa"))
+    >>> guide = CombinedGuide(AutoNormal(poutine.block(model, expose=["effect"])),
+    ...                       BasalGuide(model))
+    """
+
+    def __init__(self, *parts):
+        super().__init__()
+        self.parts = torch.nn.ModuleList(parts)
+
+    def forward(self, *args, **kwargs):
+        out = {}
+        for part in self.parts:
+            ret = part(*args, **kwargs)
+            if isinstance(ret, dict):
+                out.update(ret)
+        return out
+
+
+def make_guide(kind: str, model: CradleModel, gene_mean=None, gene_std=None):
+    """``"correlated"`` (default) or ``"mean-field"``."""
+    if kind == "correlated":
+        return CorrelatedGuide(model, gene_mean, gene_std)
+    if kind in ("mean-field", "meanfield"):
+        return MeanFieldGuide(model, gene_mean, gene_std)
+    from .errors import CradleInputError
+
+    raise CradleInputError(f"guide={kind!r}; use 'correlated' or 'mean-field'")
+
+
+__all__ = ["BasalGuide", "CombinedGuide", "CorrelatedGuide", "MeanFieldGuide", "make_guide", "_batch_size"]

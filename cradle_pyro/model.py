@@ -1,0 +1,228 @@
+"""The CRADLE causal generative model, one explicit Pyro program.
+
+Sample sites (their names are public API; DESIGN.md, causal story):
+
+===================  ======  =============  =========================================
+site                 shape   plate          role
+===================  ======  =============  =========================================
+``effect``           P × d   perturbations  latent shift of each perturbation
+``mask``             P × d   perturbations  which latent dims a perturbation moves
+``mask_rate``        d       —              Beta prior on the mask (``svae+`` only)
+``artifact_effect``  A × d   artifact_kinds latent shift of each artifact kind
+``dosage``           n × P   cells          treatment received (observed, intervenable)
+``artifact``         n × A   cells          artifact state (observed, intervenable)
+``basal``            n × d   cells          the cell before anything happened
+``library``          n       cells          only sampled when no library size is given
+``counts``           n × G   cells          observed UMI counts
+===================  ======  =============  =========================================
+
+::
+
+    z_n      = combine(basal_n, dosage_n @ (effect * mask), artifact_n @ artifact_effect)
+    counts_n ~ NB(mean = library_n * softmax(decoder(z_n)), dispersion)
+
+Example
+-------
+>>> import torch, pyro
+>>> from pyro import poutine
+>>> model = CradleModel(n_genes=30, n_perturbations=4, n_artifacts=1)
+>>> tr = poutine.trace(model).get_trace(n_cells=5)
+>>> [n for n in tr.stochastic_nodes]
+['effect', 'mask', 'artifact_effect', 'dosage', 'artifact', 'basal', 'library', 'counts']
+>>> tuple(tr.nodes["counts"]["value"].shape)
+(5, 30)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule, PyroParam
+from torch.distributions import constraints
+
+from .config import ModelConfig
+from .distributions import bernoulli_pmf
+from .likelihoods import count_distribution, expected_counts
+from .nets import Decoder
+from .priors import prior_distribution
+
+
+class CradleModel(PyroModule):
+    """p(effect, mask, artifact_effect, dosage, artifact, basal, counts).
+
+    Parameters
+    ----------
+    n_genes, n_perturbations, n_artifacts
+        G, P (single targets) and A (artifact kinds).
+    config
+        :class:`~cradle_pyro.config.ModelConfig`; its ``model`` switch picks
+        the baseline.
+    dosage_freq, artifact_freq
+        Empirical frequencies: the priors of the exogenous ``dosage`` and
+        ``artifact`` sites (only used when they are not observed).
+    library_loc, library_scale
+        LogNormal of library sizes, used when ``library`` is not given.
+
+    Call signature (the guides take the same arguments)::
+
+        model(counts=None, dosage=None, artifact=None, library=None, *,
+              cell_index=None, num_cells=None, reference=None, n_cells=None)
+
+    ``num_cells`` is the size of the data set the minibatch comes from (the
+    cell plate scales local terms by ``num_cells / batch``); ``reference`` is
+    read by the guide only.
+    """
+
+    def __init__(self, n_genes, n_perturbations, n_artifacts, config: ModelConfig | None = None,
+                 dosage_freq=None, artifact_freq=None, library_loc=8.0, library_scale=0.5):
+        super().__init__()
+        self.config = config = config or ModelConfig()
+        self.n_genes, self.n_perturbations, self.n_artifacts = n_genes, n_perturbations, n_artifacts
+        self.latent_dim = config.latent_dim
+        self.register_buffer("dosage_freq", _freq(dosage_freq, n_perturbations))
+        self.register_buffer("artifact_freq", _freq(artifact_freq, n_artifacts))
+        self.register_buffer("library_loc", torch.tensor(float(library_loc)))
+        self.register_buffer("library_scale", torch.tensor(float(library_scale)))
+        self.decoder = Decoder(self.decoder_input_dim, n_genes, config.hidden_dim, config.n_layers)
+        self.log_dispersion = PyroParam(torch.zeros(n_genes))
+        if config.likelihood == "zinb":
+            self.gate_logits = PyroParam(torch.full((n_genes,), -2.0))
+
+    @classmethod
+    def from_data(cls, data, config: ModelConfig | None = None) -> "CradleModel":
+        """A model sized for a :class:`~cradle_pyro.data.PerturbationData`.
+
+        Exogenous-site priors are the training frequencies; the decoder's output
+        bias starts at the log mean expression proportions of training cells.
+        """
+        train = data.indices("train")
+        log_lib = np.log(data.library[train])
+        model = cls(data.n_genes, data.n_perturbations, data.n_artifacts, config,
+                    dosage_freq=data.dosage[train].mean(0),
+                    artifact_freq=data.artifact[train].mean(0),
+                    library_loc=float(log_lib.mean()), library_scale=float(log_lib.std() + 1e-3))
+        props = np.asarray((data.counts[train].sum(0))).ravel() / data.library[train].sum()
+        with torch.no_grad():
+            model.decoder.net[-1].bias.copy_(torch.as_tensor(np.log(props + 1e-7), dtype=torch.float32))
+        return model
+
+    # ------------------------------------------------------------ structure
+    @property
+    def perturbation_offset_dim(self) -> int:
+        return self.latent_dim if self.config.use_embeddings else self.n_perturbations
+
+    @property
+    def artifact_offset_dim(self) -> int:
+        if self.config.use_artifact_latents:
+            return self.latent_dim
+        return self.n_artifacts if self.config.artifact_to_decoder else 0
+
+    @property
+    def decoder_input_dim(self) -> int:
+        if self.config.resolved_combine == "sum":
+            return self.latent_dim
+        return self.latent_dim + self.perturbation_offset_dim + self.artifact_offset_dim
+
+    @property
+    def dispersion(self):
+        return self.log_dispersion.exp()
+
+    def perturbation_offset(self, dosage, effect=None, mask=None):
+        """dosage @ (effect * mask), or the dosage itself for ``cvae``."""
+        if not self.config.use_embeddings:
+            return dosage
+        shift = effect if mask is None else effect * mask
+        return torch.matmul(dosage, shift)
+
+    def artifact_offset(self, artifact, artifact_effect=None):
+        """artifact @ artifact_effect; the raw state for ``cvae``; None without."""
+        if self.config.use_artifact_latents:
+            return torch.matmul(artifact, artifact_effect)
+        return artifact if self.config.artifact_to_decoder else None
+
+    def combine(self, basal, perturbation_offset, artifact_offset):
+        parts = [basal, perturbation_offset] + ([artifact_offset] if artifact_offset is not None else [])
+        parts = torch.broadcast_tensors(*parts) if self.config.resolved_combine == "sum" else \
+            _broadcast_leading(parts)
+        return sum(parts) if self.config.resolved_combine == "sum" else torch.cat(parts, -1)
+
+    def expected_counts(self, z, library):
+        """Expected counts of decoder input ``z`` at library size ``library``."""
+        mean = library.unsqueeze(-1) * torch.softmax(self.decoder(z), -1)
+        return expected_counts(self.config.likelihood, mean, getattr(self, "gate_logits", None))
+
+    # --------------------------------------------------------------- priors
+    def _prior(self, site, default, shape, scale=1.0):
+        spec = self.config.priors.get(site, default)
+        return prior_distribution(spec, shape, scale, device=self.dosage_freq.device)
+
+    def sample_globals(self):
+        """effect, mask (and mask_rate), artifact_effect; ``None`` where switched off."""
+        cfg, d, P, A = self.config, self.latent_dim, self.n_perturbations, self.n_artifacts
+        effect = mask = artifact_effect = None
+        if cfg.use_embeddings:
+            if cfg.beta_bernoulli_mask:
+                a, b = (torch.tensor(float(v), device=self.dosage_freq.device) for v in cfg.mask_beta)
+                rate = pyro.sample("mask_rate", dist.Beta(a, b).expand([d]).to_event(1))
+            else:
+                rate = torch.full((d,), cfg.mask_prob, device=self.dosage_freq.device)
+            with pyro.plate("perturbations", P, dim=-1):
+                effect = pyro.sample(
+                    "effect", self._prior("effect", cfg.effect_prior, (P, d), cfg.effect_scale).to_event(1))
+                if cfg.use_mask:
+                    # rate is (d,) or, under a particle plate, (..., 1, d)
+                    probs = rate.expand(*rate.shape[:-2], P, d) if rate.dim() > 1 else rate.expand(P, d)
+                    mask = pyro.sample("mask", bernoulli_pmf(probs).to_event(1))
+        if cfg.use_artifact_latents:
+            with pyro.plate("artifact_kinds", A, dim=-1):
+                artifact_effect = pyro.sample(
+                    "artifact_effect", self._prior("artifact_effect", "normal", (A, d)).to_event(1))
+        return effect, mask, artifact_effect
+
+    # ---------------------------------------------------------------- story
+    def forward(self, counts=None, dosage=None, artifact=None, library=None, *,
+                cell_index=None, num_cells=None, reference=None, n_cells=None):
+        n = _batch_size(counts, dosage, artifact, library, n_cells)
+        device = self.dosage_freq.device
+        effect, mask, artifact_effect = self.sample_globals()
+        subsample = cell_index if cell_index is not None else torch.arange(n, device=device)
+        with pyro.plate("cells", num_cells or n, subsample=subsample, dim=-1):
+            dosage = pyro.sample("dosage", bernoulli_pmf(self.dosage_freq).expand([n, self.n_perturbations])
+                                 .to_event(1), obs=dosage)
+            artifact = pyro.sample("artifact", bernoulli_pmf(self.artifact_freq)
+                                   .expand([n, self.n_artifacts]).to_event(1), obs=artifact)
+            basal = pyro.sample("basal", self._prior("basal", "normal", (n, self.latent_dim)).to_event(1))
+            z = self.combine(basal, self.perturbation_offset(dosage, effect, mask),
+                             self.artifact_offset(artifact, artifact_effect))
+            if library is None:
+                library = pyro.sample("library", dist.LogNormal(self.library_loc, self.library_scale)
+                                      .expand([n]))
+            mean = library.unsqueeze(-1) * torch.softmax(self.decoder(z), -1)
+            pyro.sample("counts", count_distribution(self.config.likelihood, mean, self.dispersion,
+                                                     getattr(self, "gate_logits", None)), obs=counts)
+        return z
+
+
+def _freq(freq, n):
+    if freq is None:
+        return torch.full((n,), 0.5)
+    return torch.as_tensor(freq, dtype=torch.float32).clamp(1e-4, 1 - 1e-4)
+
+
+def _batch_size(counts, dosage, artifact, library, n_cells):
+    for t in (counts, dosage, artifact):
+        if t is not None:
+            return t.shape[-2]
+    if library is not None:
+        return library.shape[-1]
+    if n_cells is None:
+        raise ValueError("pass counts, dosage, artifact, library or n_cells")
+    return n_cells
+
+
+def _broadcast_leading(parts):
+    """Broadcast all but the last dimension (for concatenation)."""
+    lead = torch.broadcast_shapes(*[p.shape[:-1] for p in parts])
+    return [p.expand(*lead, p.shape[-1]) for p in parts]
