@@ -5,12 +5,15 @@
 ``"artifact"`` (all 1), an artifact kind's name; ``dosage="A+B"`` or a target
 name or ``"control"``; or tensors.
 
-**About Pyro's** ``do``: it cuts the intervened site from its causes by
-setting its value, and still samples a fresh copy of the original site under
-the name ``<name>__CF`` (used for counterfactual twin-world models). That copy
-plays no part downstream here, so :func:`intervene` hides it (``poutine.block``):
-traces of the intervened model show ``artifact`` with the intervened value and
-nothing named ``artifact__CF``.
+**About Pyro's** ``do``: it cuts the intervened site from its causes. The
+value that flows downstream is the intervention, recorded under the mangled
+name ``<name>__CF`` (and stopped there, so outer handlers such as a trace do
+not see it), while a fresh copy of the original site is still sampled under
+``<name>``: a plain trace of ``do(model)`` shows ``artifact`` with a value the
+cell never used. :func:`intervene` conditions that fresh copy on the
+intervention value (``poutine.condition`` outside ``poutine.do``), so traces of
+the intervened model show ``artifact`` with the intervened value, nothing named
+``artifact__CF``, and the copy consumes no random numbers.
 
 The intervened model is a plain Pyro callable: it composes with
 ``poutine.condition``, ``poutine.trace`` and ``pyro.infer.Predictive``.
@@ -73,7 +76,7 @@ def dosage_value(value, perturbation_names, control_label="control", separator="
 
 def intervene(model, *, dosage=None, artifact=None, perturbation_names=None,
               artifact_names=None, control_label="control", separator="+"):
-    """The model under ``do(dosage=..., artifact=...)``, with ``__CF`` copies hidden.
+    """The model under ``do(dosage=..., artifact=...)``, with Pyro's ``__CF`` renaming hidden.
 
     Parameters
     ----------
@@ -102,7 +105,6 @@ def intervene(model, *, dosage=None, artifact=None, perturbation_names=None,
         fixed["artifact"] = artifact_value(artifact, A, artifact_names)
         if fixed["artifact"].shape[-1] != A:
             raise CradleInputError(f"artifact has {fixed['artifact'].shape[-1]} columns; the model has {A} kinds")
-    hidden = [f"{name}__CF" for name in fixed]
     device = next(iter(model.buffers())).device
 
     def intervened(*args, **kwargs):
@@ -111,6 +113,6 @@ def intervene(model, *, dosage=None, artifact=None, perturbation_names=None,
         values = {k: v.to(device).expand(n, v.shape[-1]) for k, v in fixed.items()}
         # observed values of intervened sites are replaced, not conditioned on
         kwargs = {k: (None if k in values else v) for k, v in kwargs.items()}
-        return poutine.block(poutine.do(model, data=values), hide=hidden)(*args, **kwargs)
+        return poutine.condition(poutine.do(model, data=values), data=values)(*args, **kwargs)
 
     return intervened

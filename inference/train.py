@@ -46,8 +46,8 @@ class TrainConfig:
     """How to train. Every field can be set from the command line or YAML."""
 
     epochs: int = 100
-    batch_size: int = 256
-    lr: float = 2e-3
+    batch_size: int = 128
+    lr: float = 5e-3
     weight_decay: float = 1e-5
     clip_norm: float = 10.0
     patience: int = 15
