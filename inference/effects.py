@@ -96,7 +96,7 @@ def sample_cells(model, guide, data, condition: str, n: int = 200, artifact="cle
                       names=_names(data))[0].cpu().numpy()
     obs = pd.DataFrame({"perturbation": condition, "intervention_artifact": str(artifact),
                         "library": np.asarray(lib, dtype=float)},
-                       index=[f"generated{i}" for i in range(n)])
+                       index=[f"{condition}_generated{i}" for i in range(n)])
     return ad.AnnData(X=sp.csr_matrix(counts.astype(np.float32)), obs=obs,
                       var=pd.DataFrame(index=data.gene_names))
 

@@ -1,0 +1,384 @@
+"""The ``cradle-pyro`` command line.
+
+Every subcommand reads and writes files a person can open (``.h5ad``, CSV,
+JSON, Markdown, PNG, netCDF). Errors from bad input are one readable line and
+exit status 2. Run ``cradle-pyro SUBCOMMAND --help`` for examples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from cradle_pyro.config import LIKELIHOODS, MODELS, ModelConfig
+from cradle_pyro.errors import CradleInputError
+
+from .train import TrainConfig
+
+EXAMPLES = {
+    "demo": """examples:
+  cradle-pyro demo                      # simulated screen -> QC -> cradle & sams -> report
+  cradle-pyro demo --out my_demo --epochs 40 --cells 5000 --genes 1000""",
+    "qc": """examples:
+  cradle-pyro qc screen.h5ad --out screen_qc.h5ad
+  cradle-pyro qc papalexi.h5ad --out qc.h5ad --column low_total_counts=total_counts_transcriptome \\
+      --column high_pct_mt=pct_counts_mt_transcriptome --per-criterion""",
+    "train": """examples:
+  cradle-pyro train screen.h5ad --out runs/cradle --perturbation-key perturbation --control control
+  cradle-pyro train norman.h5ad --out runs/sams --perturbation-key perturbation --control control \\
+      --model sams --split unseen-combinations --epochs 60 --qc-column low_total_counts=total_counts_transcriptome
+  cradle-pyro train screen.h5ad --out runs/x --config settings.yaml   # any option below, as YAML keys
+
+YAML keys are the long option names with '_' for '-', e.g.
+  model: sams
+  latent_dim: 16
+  qc_columns: {low_total_counts: total_counts_transcriptome}""",
+    "effects": """examples:
+  cradle-pyro effects runs/cradle --perturbations "P0+P3,P1" --out ate.csv""",
+    "sample": """examples:
+  cradle-pyro sample runs/cradle --perturbation "P0+P3" --n 200 --artifact clean --out cells.h5ad""",
+    "counterfactual": """examples:
+  cradle-pyro counterfactual runs/cradle screen.h5ad --do artifact=clean --out cf.h5ad
+  cradle-pyro counterfactual runs/cradle screen.h5ad --do dosage=P1 --do artifact=clean --out cf.h5ad""",
+    "evaluate": """examples:
+  cradle-pyro evaluate runs/cradle --out report/          # metrics.json, report.md, figures/
+  cradle-pyro evaluate runs/cradle --compare runs/sams --out report/""",
+    "diagnose": """examples:
+  cradle-pyro diagnose runs/cradle --out posterior.nc     # ArviZ InferenceData, summary CSV, plots""",
+}
+
+# option -> (section, type, default, help); section says which config it belongs to
+TRAIN_OPTIONS = {
+    "model": ("model", str, "cradle", f"model switch: {', '.join(MODELS)}"),
+    "likelihood": ("model", str, "nb", f"count likelihood: {', '.join(LIKELIHOODS)}"),
+    "latent_dim": ("model", int, 10, "latent dimension d"),
+    "hidden_dim": ("model", int, 128, "width of the encoder/decoder MLPs"),
+    "combine": ("model", str, None, "concat or sum (default: the model's published choice)"),
+    "effect_prior": ("model", str, "normal", "normal, laplace or student-t"),
+    "epochs": ("train", int, 100, "maximum epochs (early stopping may end sooner)"),
+    "batch_size": ("train", int, 128, "cells per minibatch"),
+    "lr": ("train", float, 5e-3, "AdamW learning rate"),
+    "beta": ("train", float, 1.0, "weight of CRADLE's counterfactual alignment term"),
+    "num_particles": ("train", int, 5, "vectorised ELBO particles"),
+    "patience": ("train", int, 15, "early-stopping patience in epochs"),
+    "guide": ("train", str, "correlated", "correlated or mean-field"),
+    "device": ("train", str, "cpu", "cpu or cuda"),
+    "seed": ("train", int, 0, "random seed (same seed, same numbers on CPU)"),
+    "split": ("data", str, "random", "random, unseen-combinations, or an obs column of train/val/test"),
+    "layer": ("data", str, None, "layer holding raw counts (default: X)"),
+    "separator": ("data", str, "+", "separator of combination labels (A+B)"),
+    "qc_k": ("data", float, 3.0, "k of the k·MAD QC rules"),
+    "no_doublets": ("data", bool, False, "skip scrublet doublet detection"),
+    "per_criterion": ("data", bool, False, "one artifact kind per QC criterion instead of one"),
+    "round_counts": ("data", bool, False, "round non-integer counts instead of failing"),
+}
+
+
+def _parse_pairs(pairs, what):
+    out = {}
+    for item in pairs or []:
+        if "=" not in item:
+            raise CradleInputError(f"{what} {item!r} must look like KEY=VALUE")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _data_args(opts: dict, perturbation_key, control) -> dict:
+    return dict(perturbation_key=perturbation_key, control_label=control,
+                combination_separator=opts["separator"], layer=opts["layer"], qc_k=opts["qc_k"],
+                qc_columns=opts.get("qc_columns") or None, doublets=not opts["no_doublets"],
+                artifact_kinds="per-criterion" if opts["per_criterion"] else "any",
+                split=opts["split"], non_integer_counts="round" if opts["round_counts"] else "error",
+                seed=opts["seed"])
+
+
+def resolve_train_options(args) -> dict:
+    """Defaults < YAML config < explicit command-line flags."""
+    opts = {k: spec[2] for k, spec in TRAIN_OPTIONS.items()}
+    opts["qc_columns"] = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.exists():
+            raise CradleInputError(f"config file {str(path)!r} not found")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        unknown = set(loaded) - set(opts) - {"perturbation_key", "control"}
+        if unknown:
+            raise CradleInputError(f"unknown keys in {path.name}: {sorted(unknown)}; "
+                                   f"valid keys: {sorted(opts)}")
+        opts.update(loaded)
+    for key in TRAIN_OPTIONS:
+        value = getattr(args, key)
+        if value is not None:
+            opts[key] = value
+    opts["qc_columns"] = {**opts.get("qc_columns", {}), **_parse_pairs(args.qc_column, "--qc-column")}
+    opts["perturbation_key"] = args.perturbation_key or opts.get("perturbation_key") or "perturbation"
+    opts["control"] = args.control or opts.get("control") or "control"
+    return opts
+
+
+def configs_from_options(opts):
+    mc = ModelConfig(**{k: opts[k] for k, s in TRAIN_OPTIONS.items() if s[0] == "model"})
+    tc = TrainConfig(**{k: opts[k] for k, s in TRAIN_OPTIONS.items() if s[0] == "train"})
+    return mc, tc
+
+
+# ----------------------------------------------------------------- commands
+def cmd_qc(args):
+    import anndata as ad
+
+    from cradle_pyro.qc import label_artifacts
+
+    adata = _read(args.input)
+    t = label_artifacts(adata, k=args.k, columns=_parse_pairs(args.column, "--column"),
+                        doublets=not args.no_doublets,
+                        artifact_kinds="per-criterion" if args.per_criterion else "any",
+                        layer=args.layer, seed=args.seed)
+    print(t.describe()[["column", "direction", "median", "threshold_raw", "active"]].to_string())
+    shares = adata.obs.filter(like="qc_").mean().round(4).to_dict()
+    print(f"artifact cells: {int(adata.obs['artifact'].sum())} of {adata.n_obs} "
+          f"({adata.obs['artifact'].mean():.1%}); per criterion: {shares}")
+    adata.write_h5ad(args.out)
+    print(f"wrote {args.out}")
+    del ad
+
+
+def cmd_train(args):
+    from .run_io import save_run, train_from_file
+
+    opts = resolve_train_options(args)
+    mc, tc = configs_from_options(opts)
+    data_args = _data_args(opts, opts["perturbation_key"], opts["control"])
+    out = Path(args.out)
+    run = train_from_file(args.input, tc, mc, checkpoint_dir=out / "checkpoints",
+                          resume=args.resume, **data_args)
+    save_run(run, out)
+    (out / "resolved_config.yaml").write_text(yaml.safe_dump(
+        {k: v for k, v in opts.items()}, sort_keys=True))
+    h = run.history
+    print(f"trained {mc.model} for {len(h)} epochs (best {run.best_epoch}); "
+          f"best validation -ELBO per cell {h['val_loss'].min():.2f}; run saved in {out}")
+
+
+def cmd_effects(args):
+    from .effects import model_ate
+    from .run_io import load_run
+
+    run = load_run(args.run, device=args.device)
+    perts = [p.strip() for p in args.perturbations.split(",") if p.strip()]
+    ate = model_ate(run.model, run.guide, run.data, perts, n_cells=args.n_cells, seed=args.seed)
+    ate.to_csv(args.out)
+    top = ate.abs().max(1).round(3).to_dict()
+    print(f"wrote {args.out} ({ate.shape[0]} perturbations × {ate.shape[1]} genes); "
+          f"largest |ATE| per perturbation: {top}")
+
+
+def cmd_sample(args):
+    from .effects import sample_cells
+    from .run_io import load_run
+
+    run = load_run(args.run, device=args.device)
+    cells = sample_cells(run.model, run.guide, run.data, args.perturbation, n=args.n,
+                         artifact=args.artifact, seed=args.seed)
+    cells.write_h5ad(args.out)
+    print(f"wrote {args.out}: {cells.n_obs} cells under do(dosage={args.perturbation}, "
+          f"artifact={args.artifact})")
+
+
+def cmd_counterfactual(args):
+    from .counterfactuals import counterfactual
+    from .run_io import cells_for_run, load_run
+
+    run = load_run(args.run, device=args.device)
+    todo = _parse_pairs(args.do, "--do")
+    bad = set(todo) - {"artifact", "dosage"}
+    if bad or not todo:
+        raise CradleInputError(f"--do takes artifact=... and/or dosage=...; got {sorted(todo) or 'nothing'}")
+    data = cells_for_run(run, _read(args.input))
+    cf = counterfactual(run.model, run.guide, data, artifact=todo.get("artifact"),
+                        dosage=todo.get("dosage"), num_samples=args.num_samples, seed=args.seed)
+    cf.write_h5ad(args.out)
+    print(f"wrote {args.out}: {cf.n_obs} cells; X = sampled counterfactual counts, "
+          "layers: expected, factual, factual_expected")
+
+
+def cmd_evaluate(args):
+    from .evaluate import evaluate
+    from .run_io import load_run
+
+    runs = {}
+    for path in [args.run] + list(args.compare or []):
+        run = load_run(path, device=args.device)
+        runs[run.model_config.model if run.model_config.model not in runs else Path(path).name] = run
+    data = next(iter(runs.values())).data
+    report = evaluate(runs, data, args.out, split=args.split, n_cells=args.n_cells, seed=args.seed)
+    _print_headline(report, args.out)
+
+
+def cmd_diagnose(args):
+    from .diagnostics import diagnose_run
+    from .run_io import load_run
+
+    run = load_run(args.run, device=args.device)
+    summary = diagnose_run(run, args.out, n_cells=args.n_cells, num_draws=args.draws, seed=args.seed)
+    print(json.dumps(summary, indent=2))
+
+
+def _print_headline(report, out):
+    print(f"report: {Path(out) / 'report.md'}")
+    for name, m in report["models"].items():
+        a = m["ate"]
+        extra = ""
+        if "qc_pass_rate_generated_clean" in m:
+            extra = f", QC pass rate of generated clean cells {m['qc_pass_rate_generated_clean']:.3f}"
+        print(f"  {name:9s} held-out ATE r {a['pearson_all']:.3f} (top-20 DE {a['pearson_top']:.3f})"
+              + extra)
+
+
+def cmd_demo(args):
+    from cradle_pyro import simulate_screen
+
+    from .evaluate import evaluate
+    from .run_io import save_run, train_from_file
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    adata = simulate_screen(n_cells=args.cells, n_genes=args.genes, seed=args.seed)
+    screen = out / "simulated_screen.h5ad"
+    adata.write_h5ad(screen)
+    print(f"simulated {adata.n_obs} cells × {adata.n_vars} genes with injected artifacts -> {screen}")
+    runs = {}
+    for kind in ("cradle", "sams"):
+        run = train_from_file(screen, TrainConfig(epochs=args.epochs, seed=args.seed, progress=True),
+                              ModelConfig(model=kind), split="unseen-combinations",
+                              heldout_fraction=0.34, seed=args.seed)
+        save_run(run, out / "runs" / kind)
+        runs[kind] = run
+    data = runs["cradle"].data
+    qc_share = float(data.artifact.max(1).mean())
+    print(f"QC labelled {qc_share:.1%} of cells as artifacts (k=3 MAD, scrublet)")
+    report = evaluate(runs, data, out / "report", split="test", n_cells=500, seed=args.seed)
+    _print_headline(report, out / "report")
+    print(f"done in {time.time() - t0:.0f} s; runs in {out / 'runs'}")
+
+
+# ------------------------------------------------------------------ parser
+def _read(path):
+    import anndata as ad
+
+    if not Path(path).exists():
+        raise CradleInputError(f"AnnData file {str(path)!r} not found")
+    return ad.read_h5ad(path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cradle-pyro",
+        description="Causal generative modelling of single-cell perturbation screens "
+                    "(CRADLE-VAE in Pyro). Start with `cradle-pyro demo`.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name, help_text):
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES[name],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        return p
+
+    p = add("demo", "simulate a screen with artifacts, train cradle and sams, write a report")
+    p.add_argument("--out", default="cradle_demo", help="output folder (default: cradle_demo)")
+    p.add_argument("--epochs", type=int, default=25, help="training epochs per model (default 25)")
+    p.add_argument("--cells", type=int, default=3000, help="simulated cells (default 3000)")
+    p.add_argument("--genes", type=int, default=500, help="simulated genes (default 500)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+
+    p = add("qc", "label artifact cells by k·MAD QC rules and scrublet; print the thresholds")
+    p.add_argument("input", help="input .h5ad with raw counts")
+    p.add_argument("--out", required=True, help="output .h5ad (obs gains qc_* and artifact)")
+    p.add_argument("--k", type=float, default=3.0, help="MADs beyond the median (default 3)")
+    p.add_argument("--column", action="append", metavar="CRITERION=OBS_COLUMN",
+                   help="use an obs column for a criterion, e.g. low_total_counts=total_counts_transcriptome")
+    p.add_argument("--no-doublets", action="store_true", help="skip scrublet")
+    p.add_argument("--per-criterion", action="store_true", help="one artifact kind per criterion")
+    p.add_argument("--layer", default=None, help="layer with raw counts (default X)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_qc)
+
+    p = add("train", "train a model on an AnnData screen and save the run folder")
+    p.add_argument("input", help="input .h5ad with raw counts")
+    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--perturbation-key", default=None, help="obs column of condition labels (default perturbation)")
+    p.add_argument("--control", default=None, help="label of control cells (default control)")
+    p.add_argument("--config", default=None, help="YAML file with any of the options below")
+    p.add_argument("--qc-column", action="append", metavar="CRITERION=OBS_COLUMN",
+                   help="QC criterion on an obs column (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints")
+    for key, (_, typ, default, help_text) in TRAIN_OPTIONS.items():
+        flag = "--" + key.replace("_", "-")
+        if typ is bool:
+            p.add_argument(flag, action="store_const", const=True, default=None, help=help_text)
+        else:
+            p.add_argument(flag, type=typ, default=None, help=f"{help_text} (default {default})")
+    p.set_defaults(func=cmd_train)
+
+    def run_cmd(name, help_text):
+        p = add(name, help_text)
+        p.add_argument("run", help="run folder written by `cradle-pyro train`")
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--seed", type=int, default=0)
+        return p
+
+    p = run_cmd("effects", "average treatment effects (perturbations × genes) from generated clean cells")
+    p.add_argument("--perturbations", required=True, help='comma-separated, e.g. "A+B,C"')
+    p.add_argument("--out", required=True, help="output CSV")
+    p.add_argument("--n-cells", type=int, default=2500, help="generated cells per condition")
+    p.set_defaults(func=cmd_effects)
+
+    p = run_cmd("sample", "generate new cells under do(dosage=..., artifact=...)")
+    p.add_argument("--perturbation", required=True, help='condition, e.g. "A+B" or control')
+    p.add_argument("--n", type=int, default=200, help="number of cells")
+    p.add_argument("--artifact", default="clean", help="clean, artifact, or an artifact kind")
+    p.add_argument("--out", required=True, help="output .h5ad")
+    p.set_defaults(func=cmd_sample)
+
+    p = run_cmd("counterfactual", "what these cells would look like under an intervention")
+    p.add_argument("input", help=".h5ad with the cells (same genes as the run)")
+    p.add_argument("--do", action="append", metavar="SITE=VALUE", help="artifact=clean, dosage=B, ...")
+    p.add_argument("--num-samples", type=int, default=4, help="posterior draws averaged")
+    p.add_argument("--out", required=True, help="output .h5ad")
+    p.set_defaults(func=cmd_counterfactual)
+
+    p = run_cmd("evaluate", "metrics JSON, Markdown report and figures on held-out cells")
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--compare", action="append", help="other run folders to evaluate beside it")
+    p.add_argument("--split", default="test")
+    p.add_argument("--n-cells", type=int, default=1000, help="generated cells per condition")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = run_cmd("diagnose", "ArviZ posterior diagnostics: netCDF, summary, PSIS k-hat, plots")
+    p.add_argument("--out", required=True, help="output .nc (plots and tables beside it)")
+    p.add_argument("--n-cells", type=int, default=200, help="cells in the predictive check")
+    p.add_argument("--draws", type=int, default=100, help="posterior draws")
+    p.set_defaults(func=cmd_diagnose)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (CradleInputError, FileNotFoundError) as err:
+        print(f"cradle-pyro {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""The command line end to end on a small simulated file, through every subcommand."""
+
+import json
+import subprocess
+import sys
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from cradle_pyro import simulate_screen
+from inference.cli import main
+
+
+@pytest.fixture(scope="module")
+def screen(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "screen.h5ad"
+    simulate_screen(n_cells=600, n_genes=80, n_singles=4, n_combinations=3, latent_dim=4,
+                    n_truth_cells=20, seed=2).write_h5ad(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_dir(screen, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    config = out.parent / "settings.yaml"
+    config.write_text("model: cradle\nlatent_dim: 4\nhidden_dim: 32\nnum_particles: 2\n")
+    rc = main(["train", str(screen), "--out", str(out), "--perturbation-key", "perturbation",
+               "--control", "control", "--split", "unseen-combinations", "--epochs", "3",
+               "--config", str(config), "--no-doublets"])
+    assert rc == 0
+    return out
+
+
+def test_train_writes_a_complete_run_folder(run_dir):
+    for name in ("config.json", "model.pt", "guide.pt", "history.csv", "qc_thresholds.json",
+                 "names.json", "cells.csv", "resolved_config.yaml"):
+        assert (run_dir / name).exists(), name
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["model"]["latent_dim"] == 4  # from the YAML
+    assert config["train"]["epochs"] == 3      # from the command line
+    assert len(pd.read_csv(run_dir / "history.csv")) == 3
+
+
+def test_qc_effects_sample_counterfactual_evaluate_diagnose(screen, run_dir, tmp_path, capsys):
+    assert main(["qc", str(screen), "--out", str(tmp_path / "qc.h5ad"), "--no-doublets"]) == 0
+    qc = ad.read_h5ad(tmp_path / "qc.h5ad")
+    assert "artifact" in qc.obs and "qc_high_pct_mt" in qc.obs
+    assert "threshold" in capsys.readouterr().out
+
+    assert main(["effects", str(run_dir), "--perturbations", "P0+P1,P2", "--out",
+                 str(tmp_path / "ate.csv"), "--n-cells", "100"]) == 0
+    ate = pd.read_csv(tmp_path / "ate.csv", index_col=0)
+    assert ate.shape == (2, 80) and list(ate.index) == ["P0+P1", "P2"]
+
+    assert main(["sample", str(run_dir), "--perturbation", "P0+P1", "--n", "30", "--out",
+                 str(tmp_path / "cells.h5ad")]) == 0
+    cells = ad.read_h5ad(tmp_path / "cells.h5ad")
+    assert cells.shape == (30, 80) and (cells.obs["intervention_artifact"] == "clean").all()
+
+    assert main(["counterfactual", str(run_dir), str(screen), "--do", "artifact=clean",
+                 "--do", "dosage=P1", "--out", str(tmp_path / "cf.h5ad"), "--num-samples", "1"]) == 0
+    cf = ad.read_h5ad(tmp_path / "cf.h5ad")
+    assert cf.shape == (600, 80) and {"expected", "factual", "factual_expected"} <= set(cf.layers)
+
+    assert main(["evaluate", str(run_dir), "--out", str(tmp_path / "report"), "--n-cells", "100"]) == 0
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert {"cradle", "additive"} <= set(metrics["models"])
+    assert np.isfinite(metrics["models"]["cradle"]["ate"]["pearson_all"])
+    assert (tmp_path / "report" / "report.md").exists()
+    assert (tmp_path / "report" / "figures" / "ate_scatter.png").stat().st_size > 1000
+
+    assert main(["diagnose", str(run_dir), "--out", str(tmp_path / "post.nc"), "--n-cells", "20",
+                 "--draws", "10"]) == 0
+    assert (tmp_path / "post.nc").exists() and (tmp_path / "post_summary.csv").exists()
+
+
+def test_bad_input_is_one_line_and_nonzero(screen, run_dir, tmp_path):
+    cmd = [sys.executable, "-m", "inference.cli"]
+    bad = subprocess.run(cmd + ["train", str(screen), "--out", str(tmp_path / "r"),
+                                "--perturbation-key", "guide"], capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0 and "perturbation column 'guide' not in obs" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    missing = subprocess.run(cmd + ["effects", str(tmp_path / "nope"), "--perturbations", "P0",
+                                    "--out", "x.csv"], capture_output=True, text=True)
+    assert missing.returncode == 2 and "not a run folder" in missing.stderr
+    unknown = subprocess.run(cmd + ["effects", str(run_dir), "--perturbations", "ZZZ",
+                                    "--out", str(tmp_path / "x.csv")], capture_output=True, text=True)
+    assert unknown.returncode == 2 and "ZZZ" in unknown.stderr
+
+
+def test_help_teaches_with_examples():
+    out = subprocess.run([sys.executable, "-m", "inference.cli", "train", "--help"],
+                         capture_output=True, text=True).stdout
+    assert "examples:" in out and "--split" in out and "YAML" in out
