@@ -445,17 +445,26 @@ class PerturbationData:
         seed: int | None = None,
         device="cpu",
         drop_last: bool = False,
+        shard: tuple[int, int] = (0, 1),
     ) -> Iterator[Batch]:
         """Minibatches of a split; each densified on ``device`` when drawn.
 
         ``num_cells`` of every batch is the size of the split, so the model's
-        cell plate scales local terms by N/B.
+        cell plate scales local terms by N/B. ``shard=(rank, world_size)``
+        yields only this rank's share of the (shuffled) cells, for
+        data-parallel training: every rank's loss is then an unbiased
+        estimate of the same full-data objective.
         """
         idx = self.indices(split)
         if len(idx) == 0:
             raise CradleInputError(f"split {split!r} holds no cells")
+        n_split = len(idx)
         if shuffle:
             idx = np.random.default_rng(seed).permutation(idx)
+        rank, world = shard
+        if world > 1:
+            # equal shards, so every rank takes the same number of steps
+            idx = idx[:len(idx) // world * world][rank::world]
         stop = len(idx) - (len(idx) % batch_size if drop_last and len(idx) > batch_size else 0)
         for start in range(0, stop, batch_size):
-            yield self.batch(idx[start:start + batch_size], device=device, num_cells=len(self.indices(split)))
+            yield self.batch(idx[start:start + batch_size], device=device, num_cells=n_split)

@@ -77,7 +77,7 @@ class TrainedRun:
 
 
 def _resolve_device(device: str) -> torch.device:
-    if device == "cuda" and not torch.cuda.is_available():
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise CradleInputError("device='cuda' but no CUDA GPU is visible; use device='cpu'")
     return torch.device(device)
 
@@ -110,6 +110,33 @@ def atomic_save(obj, path: Path):
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def _distributed():
+    """(rank, world size) when torch.distributed is initialised (e.g. under torchrun)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _average_gradients(params, world):
+    """Data-parallel SVI: average the ranks' gradient estimates of the same objective."""
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= world
+
+
+def _mean_over_ranks(value: float, device) -> float:
+    import torch.distributed as dist
+
+    t = torch.tensor([value], device=device, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return float(t.item()) / dist.get_world_size()
 
 
 def _parameters(model, guide):
@@ -185,6 +212,10 @@ def fit(
         objective(model, guide, **next(data.batches("train", tc.batch_size, device=device))
                   .model_kwargs())
     optimizer = torch.optim.AdamW(_parameters(model, guide), lr=tc.lr, weight_decay=tc.weight_decay)
+    rank, world = _distributed()
+    if world > 1:
+        # same initial parameters everywhere (seeded above); different noise per rank
+        pyro.set_rng_seed(tc.seed + 7919 * rank)
 
     start, history, best, best_epoch, best_state, stale = 0, [], math.inf, -1, None, 0
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
@@ -199,10 +230,10 @@ def fit(
         start, history, best, best_epoch, stale = (ck["epoch"] + 1, ck["history"], ck["best"],
                                                    ck["best_epoch"], ck["stale"])
         best_state = ck["best_state"]
-    if ckpt_path is not None:
+    if ckpt_path is not None and rank == 0:
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
 
-    bar = tqdm(range(start, tc.epochs), desc=f"train {mc.model}", disable=not tc.progress,
+    bar = tqdm(range(start, tc.epochs), desc=f"train {mc.model}", disable=not tc.progress or rank > 0,
                initial=start, total=tc.epochs)
     n_train = len(data.indices("train"))
     for epoch in bar:
@@ -210,16 +241,18 @@ def fit(
         guide.train()
         totals = {}
         for batch in data.batches("train", tc.batch_size, seed=tc.seed * 100003 + epoch,
-                                  device=device):
+                                  device=device, shard=(rank, world)):
             optimizer.zero_grad()
             loss = objective(model, guide, **batch.model_kwargs())
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at epoch {epoch}: {objective.last_terms}")
             loss.backward()
+            if world > 1:
+                _average_gradients(_parameters(model, guide), world)
             torch.nn.utils.clip_grad_norm_(_parameters(model, guide), tc.clip_norm)
             optimizer.step()
             for k, v in objective.last_terms.items():
-                totals[k] = totals.get(k, 0.0) + v * batch.size / n_train
+                totals[k] = totals.get(k, 0.0) + v * batch.size * world / n_train
         row = {"epoch": epoch, **{k: v / n_train for k, v in totals.items()}}
         model.eval()
         guide.eval()
@@ -229,6 +262,8 @@ def fit(
         # whose held-out value rests on a handful of reference cells per group
         row["val_loss"] = -val["elbo"]
         row["val_alignment"] = val["alignment"]
+        if world > 1:  # one early-stopping decision for all ranks
+            row["val_loss"] = _mean_over_ranks(row["val_loss"], device)
         history.append(row)
         if row["val_loss"] < best:
             best, best_epoch, stale = row["val_loss"], epoch, 0
@@ -239,7 +274,7 @@ def fit(
         bar.set_postfix(loss=f"{row['loss']:.1f}", loglik=f"{row['loglik']:.1f}",
                         kl=f"{row['kl']:.2f}", align=f"{row['alignment']:.3f}",
                         val=f"{row['val_loss']:.1f}")
-        if ckpt_path is not None:
+        if ckpt_path is not None and rank == 0:
             atomic_save({"model": model.state_dict(), "guide": guide.state_dict(),
                          "optimizer": optimizer.state_dict(), "rng": _rng_state(),
                          "epoch": epoch, "history": history, "best": best,

@@ -69,3 +69,32 @@ def test_cuda_request_without_gpu_is_a_clear_error(data):
     else:
         with pytest.raises(ValueError, match="no CUDA GPU"):
             fit(data, TrainConfig(epochs=1, device="cuda", **FAST))
+
+
+def test_data_parallel_training_under_torchrun(small_screen, tmp_path):
+    """Two CPU ranks (Gloo) train one run over shards of cells; rank 0 saves it."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    path = tmp_path / "screen.h5ad"
+    small_screen.write_h5ad(path)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    out = subprocess.run(torchrun + ["-m", "inference.distributed", str(path), "--out",
+                                     str(tmp_path / "run"), "--epochs", "2", "--no-doublets",
+                                     "--latent-dim", "4", "--hidden-dim", "16", "--num-particles", "2"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "rank 0 of 2" in out.stdout
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    assert len(history) == 3  # header + 2 epochs
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["latent_dim"] == 4
+    shutil.rmtree(tmp_path / "run")
+
+
+def test_shards_partition_the_cells_equally(data):
+    a = np.concatenate([b.cell_index.numpy() for b in data.batches("train", 50, seed=1, shard=(0, 2))])
+    b = np.concatenate([b.cell_index.numpy() for b in data.batches("train", 50, seed=1, shard=(1, 2))])
+    assert len(a) == len(b) and not set(a) & set(b)
+    assert len(a) + len(b) >= len(data.indices("train")) - 1
