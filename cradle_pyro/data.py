@@ -95,9 +95,9 @@ class _DeviceCSR:
         return out
 
 
-def _check_counts(X, non_integer_counts: str):
-    data = X.data if sp.issparse(X) else np.asarray(X).ravel()
-    mat = X if sp.issparse(X) else sp.csr_matrix(X)
+def _check_counts(X, non_integer_counts: str) -> bool:
+    """Raise on NaN, negative or (unless rounding) non-integer counts; True if rounding is due."""
+    mat = sp.csr_matrix(X)
 
     def n_cells_with(mask_values):
         m = mat.copy()
@@ -127,8 +127,7 @@ def _check_counts(X, non_integer_counts: str):
             raise CradleInputError(
                 f"non_integer_counts={non_integer_counts!r}; use 'error' or 'round'"
             )
-    del data
-    return frac.any()
+    return bool(frac.any())
 
 
 def _validate_anndata(adata, perturbation_key, control_label, layer):

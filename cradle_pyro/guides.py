@@ -41,7 +41,7 @@ from torch.distributions import constraints
 from torch.distributions import kl_divergence
 
 from .distributions import BernoulliStraightThrough
-from .model import CradleModel, _batch_size
+from .model import CradleModel
 from .nets import BasalEncoder, EffectNet, log_standardise
 
 
@@ -264,4 +264,4 @@ def make_guide(kind: str, model: CradleModel, gene_mean=None, gene_std=None):
     raise CradleInputError(f"guide={kind!r}; use 'correlated' or 'mean-field'")
 
 
-__all__ = ["BasalGuide", "CombinedGuide", "CorrelatedGuide", "MeanFieldGuide", "make_guide", "_batch_size"]
+__all__ = ["BasalGuide", "CombinedGuide", "CorrelatedGuide", "MeanFieldGuide", "make_guide"]
