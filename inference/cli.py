@@ -330,8 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     def run_cmd(name, help_text):
         p = add(name, help_text)
         p.add_argument("run", help="run folder written by `cradle-pyro train`")
-        p.add_argument("--device", default="cpu")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+        p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
         return p
 
     p = run_cmd("effects", "average treatment effects (perturbations × genes) from generated clean cells")
@@ -357,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = run_cmd("evaluate", "metrics JSON, Markdown report and figures on held-out cells")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--compare", action="append", help="other run folders to evaluate beside it")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="which cells to evaluate on (default test)")
     p.add_argument("--n-cells", type=int, default=1000, help="generated cells per condition")
     p.set_defaults(func=cmd_evaluate)
 
