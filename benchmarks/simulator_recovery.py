@@ -53,6 +53,8 @@ def main():
     ap.add_argument("--beta", type=float, default=1.0, help="alignment weight for cradle")
     ap.add_argument("--artifact-kinds", default="any", choices=["any", "per-criterion"])
     ap.add_argument("--models", default="cradle,sams")
+    ap.add_argument("--artifact-cells-only", action="store_true",
+                    help="references for artifact cells only (the published choice)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "simulator_recovery.json"))
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -60,7 +62,8 @@ def main():
     truth = adata.uns["truth"]
     conds = list(truth["ate_conditions"])
     data = PerturbationData.from_anndata(adata, doublets=True, seed=args.seed,
-                                         artifact_kinds=args.artifact_kinds)
+                                         artifact_kinds=args.artifact_kinds,
+                                         reference_artifact_cells_only=args.artifact_cells_only)
     is_art = adata.obs["is_artifact"].to_numpy()
     labelled = data.artifact.max(1) > 0
     twin_counts = adata.layers["clean"].toarray()
@@ -72,7 +75,7 @@ def main():
                        "qc_label_precision": float((is_art & labelled).sum() / labelled.sum()),
                        "qc_label_recall": float((is_art & labelled).sum() / is_art.sum()),
                        "artifact_kinds": data.artifact_names},
-              "beta": args.beta,
+              "beta": args.beta, "reference_artifact_cells_only": args.artifact_cells_only,
               "epochs": args.epochs, "seed": args.seed, "models": {}}
     for kind in args.models.split(","):
         t0 = time.time()

@@ -166,14 +166,16 @@ class QCThresholds:
         )
 
     def describe(self) -> pd.DataFrame:
-        """A table of the rules, in the units of their columns."""
+        """A table of the rules: median and threshold in the column's own units
+        (``*_raw``) and on the scale the MAD rule works on (log1p for counts)."""
         rows = []
         for c, r in self.rules.items():
-            raw = np.expm1(r.threshold) if r.log1p else r.threshold
+            undo = np.expm1 if r.log1p else (lambda v: v)
             rows.append(
-                dict(criterion=c, column=r.column, direction=r.direction, median=r.median,
-                     mad=r.mad, threshold=r.threshold, threshold_raw=raw, active=r.active,
-                     note=r.note)
+                dict(criterion=c, column=r.column, direction=r.direction,
+                     median_raw=undo(r.median), threshold_raw=undo(r.threshold),
+                     scale="log1p" if r.log1p else "raw", median=r.median, mad=r.mad,
+                     threshold=r.threshold, active=r.active, note=r.note)
             )
         return pd.DataFrame(rows).set_index("criterion")
 

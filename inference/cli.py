@@ -139,7 +139,7 @@ def cmd_qc(args):
                         doublets=not args.no_doublets,
                         artifact_kinds="per-criterion" if args.per_criterion else "any",
                         layer=args.layer, seed=args.seed)
-    print(t.describe()[["column", "direction", "median", "threshold_raw", "active"]].to_string())
+    print(t.describe()[["column", "direction", "median_raw", "threshold_raw", "active"]].to_string())
     shares = adata.obs.filter(like="qc_").mean().round(4).to_dict()
     print(f"artifact cells: {int(adata.obs['artifact'].sum())} of {adata.n_obs} "
           f"({adata.obs['artifact'].mean():.1%}); per criterion: {shares}")
