@@ -1,7 +1,7 @@
 """Held-out unseen combinations on the Norman 2019 subset: cradle, sams and the additive baseline.
 
 Reads ../shared/data/norman2019_k562_crispra_subset.h5ad (never copied into the repository),
-holds out 25 % of the doubles whose singles are seen, trains each model and writes the
+holds out 25 % (``--heldout-fraction``) of the doubles whose singles are seen, trains each model and writes the
 evaluation report (metrics.json, report.md, figures) to benchmarks/results/norman/.
 
     python benchmarks/norman_unseen_combinations.py [--epochs 60] [--seed 0]
@@ -28,6 +28,8 @@ def main():
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--models", default="cradle,sams")
+    ap.add_argument("--heldout-fraction", type=float, default=0.25,
+                    help="share of eligible combinations held out (the subset has 5 eligible)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "norman"))
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -35,7 +37,7 @@ def main():
         ad.read_h5ad(NORMAN), "perturbation", "control", doublets=False,
         qc_columns={"low_total_counts": "total_counts_transcriptome",
                     "low_n_genes": "n_genes_transcriptome"},
-        split="unseen-combinations", seed=args.seed)
+        split="unseen-combinations", heldout_fraction=args.heldout_fraction, seed=args.seed)
     runs, seconds = {}, {}
     for kind in args.models.split(","):
         t0 = time.time()
