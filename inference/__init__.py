@@ -3,7 +3,25 @@
 Imports :mod:`cradle_pyro` (the model side); never the reverse.
 """
 
+from .counterfactuals import counterfactual
+from .effects import data_ate, model_ate, sample_cells
+from .interventions import intervene
 from .objective import CradleELBO, SiteScale, iwelbo
+from .run_io import load_run, save_run
 from .train import TrainConfig, TrainedRun, fit
 
-__all__ = ["CradleELBO", "SiteScale", "TrainConfig", "TrainedRun", "fit", "iwelbo"]
+__all__ = [
+    "CradleELBO",
+    "SiteScale",
+    "TrainConfig",
+    "TrainedRun",
+    "counterfactual",
+    "data_ate",
+    "fit",
+    "intervene",
+    "iwelbo",
+    "load_run",
+    "model_ate",
+    "sample_cells",
+    "save_run",
+]

@@ -168,9 +168,6 @@ def compare(idatas: dict, ic: str = "loo"):
 def diagnose_run(run, out, *, n_cells: int = 100, num_draws: int = 100, seed: int = 0,
                  extra_runs=()) -> dict:
     """Write ``out`` (netCDF) with summary CSV, forest plot and predictive checks beside it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out = Path(out)
@@ -193,10 +190,12 @@ def diagnose_run(run, out, *, n_cells: int = 100, num_draws: int = 100, seed: in
         top = list(strength.sort_values(ascending=False).index[:10])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            az.plot_forest(idata, var_names=["effect"], coords={"perturbation": top},
-                           combined=True, figsize=(6, max(3, 0.3 * len(top) * run.model.latent_dim)))
-        plt.savefig(f"{stem}_forest.png", dpi=100, bbox_inches="tight")
-        plt.close("all")
+            axes = az.plot_forest(idata, var_names=["effect"], coords={"perturbation": top},
+                                  combined=True,
+                                  figsize=(6, max(3, 0.3 * len(top) * run.model.latent_dim)))
+        fig = np.ravel(axes)[0].figure
+        fig.savefig(f"{stem}_forest.png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
     _ppc_figure(idata, f"{stem}_ppc.png")
     k = psis_khat(run, data, n_cells=min(500, n_cells * 5), seed=seed)
     np.savetxt(f"{stem}_khat.csv", k["khat_per_cell"], delimiter=",", header="khat", comments="")
@@ -207,11 +206,12 @@ def diagnose_run(run, out, *, n_cells: int = 100, num_draws: int = 100, seed: in
 
 
 def _ppc_figure(idata, path):
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     obs = idata.observed_data["counts"].values
     pred = idata.posterior_predictive["counts"].values.reshape(-1, *obs.shape)
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig = Figure(figsize=(9, 3.2))
+    ax = fig.subplots(1, 2)
     lib_pred = np.log1p(pred.sum(-1)).ravel()
     lib_obs = np.log1p(obs.sum(-1))
     bins = np.histogram_bin_edges(np.concatenate([lib_pred, lib_obs]), 30)
@@ -226,7 +226,6 @@ def _ppc_figure(idata, path):
     ax[1].set_ylabel("predicted gene mean (log1p)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def load_netcdf(path):

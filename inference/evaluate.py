@@ -24,19 +24,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure  # figures without pyplot's global state or backend
+from tqdm.auto import tqdm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+from cradle_pyro.qc import qc_metrics
 
-from cradle_pyro.qc import qc_metrics  # noqa: E402
-
-from .effects import additive_ate, data_ate, model_ate, sample_cells  # noqa: E402
-from .metrics import ate_metrics, pca_energy_distance, qc_pass_rate  # noqa: E402
-from .objective import iwelbo  # noqa: E402
+from .effects import additive_ate, data_ate, model_ate, sample_cells
+from .metrics import ate_metrics, pca_energy_distance, qc_pass_rate
+from .objective import iwelbo
 
 METRIC_COLUMNS = ["pearson_all", "r2_all", "pearson_top", "r2_top", "jaccard_top"]
 
@@ -139,7 +136,8 @@ def _scatter_figure(ates, observed, path, max_panels=12):
     perts = list(observed.index)[:max_panels]
     cols = min(4, len(perts))
     rows = int(np.ceil(len(perts) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    fig = Figure(figsize=(3.2 * cols, 3.0 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, p in zip(axes.ravel(), perts):
         o = observed.loc[p].to_numpy()
         for name, ate in ates.items():
@@ -155,11 +153,11 @@ def _scatter_figure(ates, observed, path, max_panels=12):
     axes.ravel()[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _loss_figure(runs, path):
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig = Figure(figsize=(9, 3.2))
+    ax = fig.subplots(1, 2)
     for name, run in runs.items():
         h = getattr(run, "history", None)
         if h is None or len(h) == 0:
@@ -175,7 +173,6 @@ def _loss_figure(runs, path):
     ax[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _qc_figure(generated, data, split, perts, path):
@@ -187,7 +184,8 @@ def _qc_figure(generated, data, split, perts, path):
     real = ad.AnnData(X=data.counts[real_idx], var=pd.DataFrame(index=data.gene_names))
     m_real, m_gen = qc_metrics(real), qc_metrics(gen)
     cols = ["log1p_total_counts", "log1p_n_genes_by_counts", "pct_counts_mt"]
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3))
+    fig = Figure(figsize=(10, 3))
+    axes = fig.subplots(1, 3)
     for ax, c in zip(axes, cols):
         bins = np.histogram_bin_edges(np.concatenate([m_real[c], m_gen[c]]), 30)
         ax.hist(m_real[c], bins=bins, alpha=0.5, density=True, label="real (all)")
@@ -196,7 +194,6 @@ def _qc_figure(generated, data, split, perts, path):
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def markdown_report(report: dict) -> str:

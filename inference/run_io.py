@@ -80,7 +80,7 @@ def save_run(run: TrainedRun, path) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     data = run.data
-    source = getattr(run, "data_source", {"path": None, "args": {}})
+    source = run.data_source or {"path": None, "args": {}}
     config = {"model": run.model_config.to_dict(), "train": run.train_config.to_dict(),
               "data": {"path": source["path"], "args": _jsonable(source["args"]),
                        "control_label": data.control_label, "separator": data.separator},
@@ -170,7 +170,8 @@ def cells_for_run(run: TrainedRun, adata: ad.AnnData, perturbation_key: str | No
         raise CradleInputError(
             f"the cells' genes differ from the run's ({len(genes)} vs {ref.n_genes}; "
             f"e.g. missing {missing[:3]}); subset or reorder them as adata[:, run_genes]")
-    key = perturbation_key or (run.data_source["args"] or {}).get("perturbation_key", "perturbation")
+    key = perturbation_key or ((run.data_source or {}).get("args") or {}).get(
+        "perturbation_key", "perturbation")
     obs = adata.obs.copy()
     if ref.qc_thresholds is not None:
         labels = ref.qc_thresholds.judge(adata, layer=layer)

@@ -74,6 +74,7 @@ class TrainedRun:
     history: pd.DataFrame
     best_epoch: int
     data: PerturbationData | None = field(default=None, repr=False)
+    data_source: dict | None = None  # the AnnData file and arguments the data came from
 
 
 def _resolve_device(device: str) -> torch.device:
