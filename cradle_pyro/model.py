@@ -126,6 +126,11 @@ class CradleModel(PyroModule):
         return self.latent_dim + self.perturbation_offset_dim + self.artifact_offset_dim
 
     @property
+    def device(self) -> torch.device:
+        """Where the model's tensors live."""
+        return self.dosage_freq.device
+
+    @property
     def dispersion(self):
         return self.log_dispersion.exp()
 

@@ -130,8 +130,6 @@ def configs_from_options(opts):
 
 # ----------------------------------------------------------------- commands
 def cmd_qc(args):
-    import anndata as ad
-
     from cradle_pyro.qc import label_artifacts
 
     adata = _read(args.input)
@@ -145,7 +143,6 @@ def cmd_qc(args):
           f"({adata.obs['artifact'].mean():.1%}); per criterion: {shares}")
     adata.write_h5ad(args.out)
     print(f"wrote {args.out}")
-    del ad
 
 
 def cmd_train(args):

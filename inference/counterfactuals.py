@@ -37,7 +37,7 @@ import scipy.sparse as sp
 import torch
 from pyro import poutine
 
-from .effects import _device, _names
+from .effects import _names
 from .interventions import artifact_value, intervene
 
 
@@ -70,7 +70,7 @@ def counterfactual(model, guide, data, *, artifact=None, dosage=None, split=None
         without intervention; obs carries the observed condition and artifact
         state and the intervention.
     """
-    device = device or _device(model)
+    device = device or model.device
     names = _names(data)
     model_do = intervene(model, dosage=dosage, artifact=artifact, **names)
     pyro.set_rng_seed(seed)
@@ -111,7 +111,7 @@ def artifact_log_likelihood_ratio(model, guide, data, split=None, batch_size=512
     """Per cell: log p(x | artifact=1) − log p(x | artifact=0), each with the basal
     state abducted under that artifact state. Positive: the artifact explains
     the cell better. A model-based artifact score, comparable with QC labels."""
-    device = _device(model)
+    device = model.device
     pyro.set_rng_seed(seed)
     scores = []
     with torch.no_grad():

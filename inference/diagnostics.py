@@ -104,7 +104,7 @@ def to_arviz(runs, data, *, n_cells: int = 100, num_draws: int = 100, num_inner:
     if split is not None and len(data.indices(split)) == 0:
         split = None
     cells = _subset(data, n_cells, split, seed)
-    batch = data.batch(cells, device=next(iter(runs[0].model.buffers())).device)
+    batch = data.batch(cells, device=runs[0].model.device)
     per_run = [_draws(r, batch, num_draws, num_inner, seed + 1000 * i) for i, r in enumerate(runs)]
     posterior = {k: np.stack([p[0][k] for p in per_run]) for k in per_run[0][0]}
     cell_ids = [data.obs_names[i] for i in cells]
@@ -143,7 +143,7 @@ def psis_khat(run, data, *, split: str | None = "test", n_cells: int = 500,
     if split is not None and len(data.indices(split)) == 0:
         split = None
     cells = _subset(data, n_cells, split, seed)
-    batch = data.batch(cells, device=next(iter(run.model.buffers())).device)
+    batch = data.batch(cells, device=run.model.device)
     pyro.set_rng_seed(seed)
     w = per_cell_log_weights(run.model, run.guide, num_particles, **batch.model_kwargs())
     w = w.cpu().numpy().astype(np.float64)

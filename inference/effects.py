@@ -40,10 +40,6 @@ def perturbseq_normalise(x):
     return np.log2(1e4 * x / np.maximum(x.sum(-1, keepdims=True), 1) + 1)
 
 
-def _device(model):
-    return next(iter(model.buffers())).device
-
-
 def resample_library(data, n, rng, clean_only=True):
     """Library sizes drawn from the training cells (clean ones by default)."""
     idx = data.indices("train")
@@ -63,7 +59,7 @@ def generate(model, guide, n_cells: int, *, dosage=None, artifact="clean", libra
     """
     names = names or {}
     model_do = intervene(model, dosage=dosage, artifact=artifact, **names)
-    device = _device(model)
+    device = model.device
     lib = None if library is None else torch.as_tensor(library, dtype=torch.float32, device=device)
     with torch.no_grad(), pyro.plate("particles", num_particles, dim=PARTICLE_DIM):
         guide_trace = poutine.trace(guide).get_trace(n_cells=n_cells)

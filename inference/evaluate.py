@@ -83,7 +83,6 @@ def evaluate(runs: dict, data, out_dir, *, split: str = "test", n_cells: int = 1
         tables["additive"] = ate_metrics(ates["additive"], observed.loc[combos], top_k)
         report["models"]["additive"] = {"ate": _summary(tables["additive"]),
                                         "note": "sum of the singles' training-data ATEs"}
-    real_by_cond = {}
     for name, run in tqdm(runs.items(), desc="evaluate", disable=not progress):
         ate = model_ate(run.model, run.guide, data, perts, n_cells=n_cells, seed=seed)
         ates[name], tables[name] = ate, ate_metrics(ate, observed, top_k)
@@ -95,7 +94,6 @@ def evaluate(runs: dict, data, out_dir, *, split: str = "test", n_cells: int = 1
             cells = sample_cells(run.model, run.guide, data, p, n=n_generated, artifact="clean", seed=seed)
             generated.append(cells)
             real = _real_clean(data, p, split)
-            real_by_cond[p] = real
             if len(real) > 2:
                 energy.append(pca_energy_distance(cells.X.toarray(), real, seed=seed))
         if data.qc_thresholds is not None:

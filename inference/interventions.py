@@ -105,7 +105,7 @@ def intervene(model, *, dosage=None, artifact=None, perturbation_names=None,
         fixed["artifact"] = artifact_value(artifact, A, artifact_names)
         if fixed["artifact"].shape[-1] != A:
             raise CradleInputError(f"artifact has {fixed['artifact'].shape[-1]} columns; the model has {A} kinds")
-    device = next(iter(model.buffers())).device
+    device = model.device
 
     def intervened(*args, **kwargs):
         n = _batch_size(kwargs.get("counts"), kwargs.get("dosage"), kwargs.get("artifact"),
