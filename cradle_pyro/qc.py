@@ -70,6 +70,19 @@ GENE_GROUPS = {
     "hb": r"^(?:HB[^PES]|Hb[^pes])",
 }
 
+# Transcriptome-wide covariates that gene-panel screens ship in obs; preferred
+# over panel sums when present (a panel's totals miss most of the library).
+TRANSCRIPTOME_COLUMNS = {
+    "low_total_counts": "total_counts_transcriptome",
+    "low_n_genes": "n_genes_transcriptome",
+    "high_pct_mt": "pct_counts_mt_transcriptome",
+}
+
+# var columns that commonly hold gene symbols when var names are Ensembl ids
+SYMBOL_COLUMNS = ("gene_symbols", "gene_symbol", "symbol", "symbols", "gene_name",
+                  "gene_names", "feature_name")
+_ENSEMBL = r"^ENS[A-Z]*G\d{6,}"
+
 
 @dataclass
 class QCRule:
@@ -194,21 +207,56 @@ def _counts_matrix(adata: ad.AnnData, layer: str | None):
 def qc_metrics(adata: ad.AnnData, layer: str | None = None) -> pd.DataFrame:
     """scanpy QC metrics of ``adata``'s counts, without modifying ``adata``.
 
-    Gene groups ``mt``, ``ribo`` and ``hb`` are recognised from gene names
-    (human and mouse conventions).
+    Gene groups ``mt``, ``ribo`` and ``hb`` are recognised from gene symbols
+    (human and mouse conventions): the var names, or, when those are Ensembl
+    ids, a symbols column of var (:func:`gene_symbols`).
     """
     import scanpy as sc
 
     X = _counts_matrix(adata, layer)
     X = sp.csr_matrix(X) if not sp.issparse(X) else X
+    symbols = pd.Index(gene_symbols(adata))
     var = pd.DataFrame(index=adata.var_names.astype(str))
     for group, pattern in GENE_GROUPS.items():
-        var[group] = var.index.str.contains(pattern, regex=True)
+        var[group] = np.asarray(symbols.str.contains(pattern, regex=True), dtype=bool)
     tmp = ad.AnnData(X=X, var=var, obs=pd.DataFrame(index=adata.obs_names.astype(str)))
     obs_metrics, _ = sc.pp.calculate_qc_metrics(
         tmp, qc_vars=list(GENE_GROUPS), percent_top=None, log1p=True, inplace=False
     )
     return obs_metrics
+
+
+def gene_symbols(adata: ad.AnnData) -> np.ndarray:
+    """Gene symbols for the mt / ribo / hb gene groups.
+
+    The var names, unless most are Ensembl ids: then the first of
+    :data:`SYMBOL_COLUMNS` found in var; without one, a warning says the
+    mitochondrial, ribosomal and haemoglobin rules cannot find their genes.
+    """
+    names = pd.Index(adata.var_names.astype(str))
+    if adata.n_vars == 0 or names.str.match(_ENSEMBL).mean() < 0.5:
+        return names.to_numpy()
+    for col in SYMBOL_COLUMNS:
+        if col in adata.var:
+            return adata.var[col].astype(str).to_numpy()
+    warnings.warn(
+        "var names are Ensembl ids and var has no gene-symbol column "
+        f"(looked for {list(SYMBOL_COLUMNS)}): the mitochondrial, ribosomal and haemoglobin "
+        "QC rules find no genes and stay inactive; add a symbols column to var to use them",
+        UserWarning, stacklevel=3)
+    return names.to_numpy()
+
+
+def resolve_qc_columns(adata: ad.AnnData, columns: dict | None) -> dict:
+    """The obs columns QC uses instead of panel metrics.
+
+    ``None`` (the default) picks the transcriptome-wide covariates of
+    :data:`TRANSCRIPTOME_COLUMNS` present in obs; a dict (``{}`` included)
+    is used as given.
+    """
+    if columns is not None:
+        return dict(columns)
+    return {crit: col for crit, col in TRANSCRIPTOME_COLUMNS.items() if col in adata.obs}
 
 
 def _raw_metric(metrics: pd.DataFrame, column: str) -> np.ndarray:
@@ -249,9 +297,11 @@ def learn_thresholds(
     """Learn the QC rules on ``adata`` without modifying it.
 
     Returns the thresholds and the per-cell metrics used (including the
-    scrublet columns when doublets were predicted here).
+    scrublet columns when doublets were predicted here). ``columns=None``
+    uses the transcriptome-wide obs columns present (:func:`resolve_qc_columns`);
+    each rule's ``source`` and ``column`` say what was used.
     """
-    columns = dict(columns or {})
+    columns = resolve_qc_columns(adata, columns)
     unknown = set(columns) - set(CRITERIA)
     if unknown:
         raise CradleInputError(
@@ -291,7 +341,15 @@ def learn_thresholds(
 
 
 def predict_doublets(adata: ad.AnnData, layer: str | None = None, seed: int = 0) -> pd.DataFrame:
-    """scanpy's scrublet on a copy; returns ``doublet_score`` and ``predicted_doublet``."""
+    """scanpy's scrublet on a copy; returns ``doublet_score`` and ``predicted_doublet``.
+
+    scrublet keeps only the highly variable genes before its PCA, so on a gene
+    panel (Norman: 250 expressed genes, 17 variable) its default 30 components
+    do not exist. The number of components is fitted to the genes scrublet will
+    keep; with fewer than :data:`MIN_SCRUBLET_GENES` variable genes doublet
+    detection is skipped with a warning (no cell is called a doublet, the score
+    is NaN) instead of failing.
+    """
     import scanpy as sc
 
     X = _counts_matrix(adata, layer)
@@ -303,8 +361,17 @@ def predict_doublets(adata: ad.AnnData, layer: str | None = None, seed: int = 0)
             f"scrublet needs at least 100 cells and 50 genes seen in 3 cells "
             f"(have {tmp.n_obs} cells, {n_genes_expressed} genes); pass doublets=False"
         )
-    n_pcs = int(min(30, n_genes_expressed - 1, tmp.n_obs - 1))
-    with warnings.catch_warnings():
+    n_variable = _scrublet_gene_count(tmp)
+    if n_variable < MIN_SCRUBLET_GENES:
+        warnings.warn(
+            f"doublet detection skipped: scrublet would keep {n_variable} highly variable genes "
+            f"(< {MIN_SCRUBLET_GENES}) of this {adata.n_vars}-gene panel; no cell is flagged as a "
+            "doublet. Pass a doublet column (columns={'doublet': ...}) or doublets=False to "
+            "silence this.", UserWarning, stacklevel=2)
+        return pd.DataFrame({"doublet_score": np.nan, "predicted_doublet": False},
+                            index=tmp.obs_names)
+    n_pcs = int(min(30, n_variable - 1, tmp.n_obs - 1))
+    with warnings.catch_warnings(), _torch_threads_kept():
         warnings.simplefilter("ignore")
         # exact neighbours: the approximate path breaks on scipy sparse arrays
         sc.pp.scrublet(tmp, random_state=seed, n_prin_comps=n_pcs, use_approx_neighbors=False,
@@ -312,6 +379,39 @@ def predict_doublets(adata: ad.AnnData, layer: str | None = None, seed: int = 0)
     return tmp.obs[["doublet_score", "predicted_doublet"]].astype(
         {"doublet_score": float, "predicted_doublet": bool}
     )
+
+
+MIN_SCRUBLET_GENES = 10
+
+
+def _scrublet_gene_count(tmp: ad.AnnData) -> int:
+    """How many genes scrublet's own filtering (min 3 cells, HVG on log1p) keeps."""
+    import scanpy as sc
+
+    probe = tmp.copy()
+    with warnings.catch_warnings(), _torch_threads_kept():
+        warnings.simplefilter("ignore")
+        sc.pp.filter_genes(probe, min_cells=3)
+        sc.pp.filter_cells(probe, min_genes=3)
+        sc.pp.normalize_total(probe)
+        sc.pp.log1p(probe)
+        sc.pp.highly_variable_genes(probe)
+    return int(probe.var["highly_variable"].sum())
+
+
+class _torch_threads_kept:
+    """Restore torch's thread count after third-party code that changes it."""
+
+    def __enter__(self):
+        import torch
+
+        self._threads = torch.get_num_threads()
+
+    def __exit__(self, *exc):
+        import torch
+
+        if torch.get_num_threads() != self._threads:
+            torch.set_num_threads(self._threads)
 
 
 def label_artifacts(
@@ -335,9 +435,12 @@ def label_artifacts(
     columns
         Criterion → obs column to use instead of the panel metric, e.g.
         ``{"low_total_counts": "total_counts_transcriptome"}``; for
-        ``"doublet"`` a boolean column of predicted doublets.
+        ``"doublet"`` a boolean column of predicted doublets. ``None``
+        (default): the transcriptome-wide columns of
+        :data:`TRANSCRIPTOME_COLUMNS` found in obs; ``{}``: panel metrics only.
     doublets
-        Run scanpy's scrublet (needs enough genes and cells).
+        Run scanpy's scrublet; on panels too small for it, skipped with a
+        warning (see :func:`predict_doublets`).
     artifact_kinds
         ``"any"``: one kind, ``artifact``, failed if any criterion fails;
         ``"per-criterion"``: one kind per active criterion.

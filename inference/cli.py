@@ -133,7 +133,7 @@ def cmd_qc(args):
     from cradle_pyro.qc import label_artifacts
 
     adata = _read(args.input)
-    t = label_artifacts(adata, k=args.k, columns=_parse_pairs(args.column, "--column"),
+    t = label_artifacts(adata, k=args.k, columns=_parse_pairs(args.column, "--column") or None,
                         doublets=not args.no_doublets,
                         artifact_kinds="per-criterion" if args.per_criterion else "any",
                         layer=args.layer, seed=args.seed)
