@@ -53,6 +53,11 @@ class ModelConfig:
         π of the Bernoulli mask prior.
     mask_beta
         (a, b) of the Beta prior on the mask rate (``svae+``).
+    target_effects
+        Give each perturbation whose target is a measured gene a direct
+        (cis) effect on that gene (site ``target_effect``).
+    target_effect_scale
+        Scale of its Normal prior, in natural-log fold change.
     priors
         Site name → a Pyro distribution (expanded to the site's shape) or a
         callable ``shape -> distribution``, overriding the defaults. Only
@@ -69,6 +74,8 @@ class ModelConfig:
     effect_scale: float = 1.0
     mask_prob: float = 0.1
     mask_beta: tuple = (1.0, 9.0)
+    target_effects: bool = True
+    target_effect_scale: float = 2.0
     priors: dict = field(default_factory=dict)
 
     def __post_init__(self):

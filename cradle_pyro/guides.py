@@ -158,6 +158,10 @@ class CorrelatedGuide(_GuideBase):
                 self.mask_rate_concentration = PyroParam(
                     torch.tensor(cfg.mask_beta, dtype=torch.float32).expand(d, 2).clone(),
                     constraint=constraints.positive)
+        if model.use_target_effects:
+            self.target_effect_loc = PyroParam(torch.zeros(P))
+            self.target_effect_scale = PyroParam(torch.full((P,), 0.1),
+                                                 constraint=constraints.positive)
         if cfg.use_artifact_latents:
             self.artifact_effect_loc = PyroParam(torch.zeros(A, d))
             self.artifact_effect_scale = PyroParam(torch.full((A, d), 0.1),
@@ -181,6 +185,9 @@ class CorrelatedGuide(_GuideBase):
                     mask = pyro.sample("mask", BernoulliStraightThrough(
                         self.mask_logits, self.temperature).to_event(1))
                 effect = pyro.sample("effect", self.effect_distribution(mask).to_event(1))
+                if m.use_target_effects:
+                    pyro.sample("target_effect", dist.Normal(self.target_effect_loc,
+                                                             self.target_effect_scale))
         if cfg.use_artifact_latents:
             with pyro.plate("artifact_kinds", m.n_artifacts, dim=-1):
                 artifact_effect = pyro.sample("artifact_effect", dist.Normal(

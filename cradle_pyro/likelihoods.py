@@ -35,10 +35,3 @@ def count_distribution(likelihood: str, mean, dispersion=None, gate_logits=None)
         else:
             raise ValueError(f"unknown likelihood {likelihood!r}")
     return d.to_event(1)
-
-
-def expected_counts(likelihood: str, mean, gate_logits=None):
-    """Expected counts under the likelihood (ZINB shrinks by the zero gate)."""
-    if likelihood == "zinb":
-        return mean * torch.sigmoid(-gate_logits)
-    return mean

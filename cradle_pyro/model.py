@@ -9,6 +9,9 @@ site                 shape   plate          role
 ``mask``             P × d   perturbations  which latent dims a perturbation moves
 ``mask_rate``        d       —              Beta prior on the mask (``svae+`` only)
 ``artifact_effect``  A × d   artifact_kinds latent shift of each artifact kind
+``target_effect``    P       perturbations  direct (cis) log-fold effect of a
+                                            perturbation on its own target gene,
+                                            when the target is a measured gene
 ``dosage``           n × P   cells          treatment received (observed, intervenable)
 ``artifact``         n × A   cells          artifact state (observed, intervenable)
 ``basal``            n × d   cells          the cell before anything happened
@@ -19,7 +22,12 @@ site                 shape   plate          role
 ::
 
     z_n      = combine(basal_n, dosage_n @ (effect * mask), artifact_n @ artifact_effect)
-    counts_n ~ NB(mean = library_n * softmax(decoder(z_n)), dispersion)
+    logits_n = decoder(z_n) + Σ_p dosage_np · target_effect_p · onehot(target gene of p)
+    counts_n ~ NB(mean = library_n * softmax(logits_n), dispersion)
+
+The ``target_effect`` path exists because a CRISPRi/CRISPRa guide acts first
+on one gene: a low-dimensional latent shared by all genes cannot move one gene
+far without moving others, so without it the target's own knockdown is shrunk.
 
 Example
 -------
@@ -44,7 +52,7 @@ from torch.distributions import constraints
 
 from .config import ModelConfig
 from .distributions import bernoulli_pmf
-from .likelihoods import count_distribution, expected_counts
+from .likelihoods import count_distribution
 from .nets import Decoder
 from .priors import prior_distribution
 
@@ -64,6 +72,9 @@ class CradleModel(PyroModule):
         ``artifact`` sites (only used when they are not observed).
     library_loc, library_scale
         LogNormal of library sizes, used when ``library`` is not given.
+    target_gene
+        Per perturbation, the index of its target among the genes (-1 when the
+        target is not measured); turns on the ``target_effect`` site.
 
     Call signature (the guides take the same arguments)::
 
@@ -76,7 +87,8 @@ class CradleModel(PyroModule):
     """
 
     def __init__(self, n_genes, n_perturbations, n_artifacts, config: ModelConfig | None = None,
-                 dosage_freq=None, artifact_freq=None, library_loc=8.0, library_scale=0.5):
+                 dosage_freq=None, artifact_freq=None, library_loc=8.0, library_scale=0.5,
+                 target_gene=None):
         super().__init__()
         self.config = config = config or ModelConfig()
         self.n_genes, self.n_perturbations, self.n_artifacts = n_genes, n_perturbations, n_artifacts
@@ -85,6 +97,9 @@ class CradleModel(PyroModule):
         self.register_buffer("artifact_freq", _freq(artifact_freq, n_artifacts))
         self.register_buffer("library_loc", torch.tensor(float(library_loc)))
         self.register_buffer("library_scale", torch.tensor(float(library_scale)))
+        # gene index of each perturbation's target (-1: not measured)
+        self.register_buffer("target_gene", torch.as_tensor(
+            target_gene if target_gene is not None else [-1] * n_perturbations, dtype=torch.long))
         self.decoder = Decoder(self.decoder_input_dim, n_genes, config.hidden_dim, config.n_layers)
         self.log_dispersion = PyroParam(torch.zeros(n_genes))
         if config.likelihood == "zinb":
@@ -102,7 +117,8 @@ class CradleModel(PyroModule):
         model = cls(data.n_genes, data.n_perturbations, data.n_artifacts, config,
                     dosage_freq=data.dosage[train].mean(0),
                     artifact_freq=data.artifact[train].mean(0),
-                    library_loc=float(log_lib.mean()), library_scale=float(log_lib.std() + 1e-3))
+                    library_loc=float(log_lib.mean()), library_scale=float(log_lib.std() + 1e-3),
+                    target_gene=target_gene_index(data.perturbation_names, data.gene_names))
         props = np.asarray((data.counts[train].sum(0))).ravel() / data.library[train].sum()
         with torch.no_grad():
             model.decoder.net[-1].bias.copy_(torch.as_tensor(np.log(props + 1e-7), dtype=torch.float32))
@@ -124,6 +140,12 @@ class CradleModel(PyroModule):
         if self.config.resolved_combine == "sum":
             return self.latent_dim
         return self.latent_dim + self.perturbation_offset_dim + self.artifact_offset_dim
+
+    @property
+    def use_target_effects(self) -> bool:
+        """Whether the ``target_effect`` site exists: switched on and a target is measured."""
+        return bool(self.config.target_effects and self.config.use_embeddings
+                    and (self.target_gene >= 0).any())
 
     @property
     def device(self) -> torch.device:
@@ -165,10 +187,13 @@ class CradleModel(PyroModule):
             basal = sum(torch.broadcast_tensors(basal, *offsets))
         return torch.cat(_broadcast_leading([basal] + offsets), -1)
 
-    def expected_counts(self, z, library):
-        """Expected counts of decoder input ``z`` at library size ``library``."""
-        mean = library.unsqueeze(-1) * torch.softmax(self.decoder(z), -1)
-        return expected_counts(self.config.likelihood, mean, getattr(self, "gate_logits", None))
+    def target_shift(self, dosage, target_effect):
+        """Σ_p dosage_p · target_effect_p on each perturbation's target gene's logit."""
+        measured = torch.nonzero(self.target_gene >= 0).squeeze(-1)
+        contribution = (dosage * target_effect.unsqueeze(-2)).index_select(-1, measured)
+        shape = contribution.shape[:-1] + (self.n_genes,)
+        return torch.zeros(shape, device=dosage.device, dtype=dosage.dtype).index_add(
+            -1, self.target_gene[measured], contribution)
 
     # --------------------------------------------------------------- priors
     def _prior(self, site, default, shape, scale=1.0):
@@ -176,9 +201,9 @@ class CradleModel(PyroModule):
         return prior_distribution(spec, shape, scale, device=self.dosage_freq.device)
 
     def sample_globals(self):
-        """effect, mask (and mask_rate), artifact_effect; ``None`` where switched off."""
+        """effect, mask (and mask_rate), artifact_effect, target_effect; ``None`` where off."""
         cfg, d, P, A = self.config, self.latent_dim, self.n_perturbations, self.n_artifacts
-        effect = mask = artifact_effect = None
+        effect = mask = artifact_effect = target_effect = None
         if cfg.use_embeddings:
             if cfg.beta_bernoulli_mask:
                 a, b = (torch.tensor(float(v), device=self.dosage_freq.device) for v in cfg.mask_beta)
@@ -192,18 +217,21 @@ class CradleModel(PyroModule):
                     # rate is (d,) or, under a particle plate, (..., 1, d)
                     probs = rate.expand(*rate.shape[:-2], P, d) if rate.dim() > 1 else rate.expand(P, d)
                     mask = pyro.sample("mask", bernoulli_pmf(probs).to_event(1))
+                if self.use_target_effects:
+                    target_effect = pyro.sample("target_effect", self._prior(
+                        "target_effect", "normal", (P,), cfg.target_effect_scale))
         if cfg.use_artifact_latents:
             with pyro.plate("artifact_kinds", A, dim=-1):
                 artifact_effect = pyro.sample(
                     "artifact_effect", self._prior("artifact_effect", "normal", (A, d)).to_event(1))
-        return effect, mask, artifact_effect
+        return effect, mask, artifact_effect, target_effect
 
     # ---------------------------------------------------------------- story
     def forward(self, counts=None, dosage=None, artifact=None, library=None, *,
                 cell_index=None, num_cells=None, reference=None, n_cells=None):
         n = _batch_size(counts, dosage, artifact, library, n_cells)
         device = self.dosage_freq.device
-        effect, mask, artifact_effect = self.sample_globals()
+        effect, mask, artifact_effect, target_effect = self.sample_globals()
         subsample = cell_index if cell_index is not None else torch.arange(n, device=device)
         with pyro.plate("cells", num_cells or n, subsample=subsample, dim=-1):
             dosage = pyro.sample("dosage", bernoulli_pmf(self.dosage_freq).expand([n, self.n_perturbations])
@@ -216,10 +244,19 @@ class CradleModel(PyroModule):
             if library is None:
                 library = pyro.sample("library", dist.LogNormal(self.library_loc, self.library_scale)
                                       .expand([n]))
-            mean = library.unsqueeze(-1) * torch.softmax(self.decoder(z), -1)
+            logits = self.decoder(z)
+            if target_effect is not None:
+                logits = logits + self.target_shift(dosage, target_effect)
+            mean = library.unsqueeze(-1) * torch.softmax(logits, -1)
             pyro.sample("counts", count_distribution(self.config.likelihood, mean, self.dispersion,
                                                      getattr(self, "gate_logits", None)), obs=counts)
         return z
+
+
+def target_gene_index(perturbation_names, gene_names) -> list:
+    """Index of each perturbation target among the genes, -1 where it is not measured."""
+    where = {g: i for i, g in enumerate(gene_names)}
+    return [where.get(p, -1) for p in perturbation_names]
 
 
 def _freq(freq, n):

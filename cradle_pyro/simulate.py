@@ -14,6 +14,12 @@ artifact):
 - ``doublet``: the cell's counts plus another cell's clean counts;
 - ``low_complexity``: most transcripts lost, few genes detected.
 
+With ``knockdown`` set the screen is CRISPRi-like: each single perturbation is
+named after a measured gene and, besides its latent effect, multiplies that
+gene's expression by about ``exp(knockdown)`` (a direct, single-gene effect
+that a low-dimensional latent cannot express); ``uns["truth"]["target_gene"]``
+names the targets.
+
 Example
 -------
 >>> adata = simulate_screen(n_cells=300, n_genes=120, seed=1)
@@ -71,6 +77,7 @@ def simulate_screen(
     effect_scale: float = 1.5,
     n_truth_cells: int = 1000,
     n_states: int = 4,
+    knockdown: float | None = None,
     seed: int = 0,
 ) -> ad.AnnData:
     """Simulate a CRISPR screen with known effects and injected artifacts.
@@ -92,6 +99,10 @@ def simulate_screen(
         ``damaged``, ``doublet`` and ``low_complexity``.
     n_states
         Basal states cluster around this many centres (cell-cycle-like).
+    knockdown
+        CRISPRi-like screens: the natural-log fold change of each single's own
+        target gene (e.g. ``-2.0``; per target scaled by U(0.5, 1.5)). Singles
+        are then named after their target genes (well-expressed genes).
     n_truth_cells
         Clean cells per condition drawn (common basal states) to compute the
         true average treatment effects in ``uns["truth"]["ate"]``.
@@ -121,6 +132,12 @@ def simulate_screen(
     dispersion = rng.gamma(4.0, 2.0, n_genes)
 
     singles = [f"P{i}" for i in range(n_singles)]
+    cis = np.zeros((n_singles, n_genes))
+    if knockdown is not None:
+        candidates = np.flatnonzero(~(is_mt | is_ribo | is_hb))
+        targets = candidates[np.argsort(-baseline[candidates])[:n_singles]]
+        singles = [genes[t] for t in targets]
+        cis[np.arange(n_singles), targets] = knockdown * rng.uniform(0.5, 1.5, n_singles)
     single_effect = np.zeros((n_singles, latent_dim))
     for i in range(n_singles):
         dims = rng.choice(latent_dim, size=2, replace=False)
@@ -133,6 +150,10 @@ def simulate_screen(
     conditions = ["control"] + singles + [f"{singles[a]}+{singles[b]}" for a, b in pairs]
     latent_effect = np.zeros((len(conditions), latent_dim))
     latent_effect[1:1 + n_singles] = single_effect
+    condition_cis = np.zeros((len(conditions), n_genes))
+    condition_cis[1:1 + n_singles] = cis
+    for j, (a, b) in enumerate(pairs):
+        condition_cis[1 + n_singles + j] = cis[a] + cis[b]
     interacting = []
     for j, (a, b) in enumerate(pairs):
         row = 1 + n_singles + j
@@ -147,7 +168,7 @@ def simulate_screen(
     cond_idx = rng.permutation(np.concatenate([np.zeros(n_control, int), rest]))
 
     def draw(cond_rows, z, library):
-        logits = baseline + (z + latent_effect[cond_rows]) @ decoder
+        logits = baseline + (z + latent_effect[cond_rows]) @ decoder + condition_cis[cond_rows]
         prop = np.exp(logits - logits.max(1, keepdims=True))
         prop /= prop.sum(1, keepdims=True)
         return _nb(rng, library[:, None] * prop, dispersion)
@@ -210,6 +231,8 @@ def simulate_screen(
         "ate": ate,
         "ate_conditions": np.array(conditions[1:]),
         "doublet_partner": np.stack([doublets, partners], 1),
+        "target_gene": np.array(singles if knockdown is not None else []),
+        "knockdown": cis,
         "seed": seed,
     }
     adata.uns["control_label"] = "control"

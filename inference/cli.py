@@ -39,7 +39,13 @@ YAML keys are the long option names with '_' for '-', e.g.
   latent_dim: 16
   qc_columns: {low_total_counts: total_counts_transcriptome}""",
     "effects": """examples:
-  cradle-pyro effects runs/cradle --perturbations "P0+P3,P1" --out ate.csv""",
+  cradle-pyro effects runs/cradle --perturbations "P0+P3,P1" --out ate.csv
+  cradle-pyro effects runs/cradle --perturbations "P0+P3" --num-draws 500 --interval 0.95 --out ate.csv
+
+The CSV has one row per (perturbation, gene): perturbation, gene, mean (posterior
+mean ATE, log2 CP10k units), lower, upper (central credible interval of mass
+`interval`), prob_increase, prob_decrease (posterior probabilities of the sign),
+interval. --wide writes the posterior means only, perturbations × genes.""",
     "sample": """examples:
   cradle-pyro sample runs/cradle --perturbation "P0+P3" --n 200 --artifact clean --out cells.h5ad""",
     "counterfactual": """examples:
@@ -163,13 +169,15 @@ def cmd_train(args):
 
 
 def cmd_effects(args):
-    from .effects import model_ate
+    from .effects import posterior_ate
     from .run_io import load_run
 
     run = load_run(args.run, device=args.device)
     perts = [p.strip() for p in args.perturbations.split(",") if p.strip()]
-    ate = model_ate(run.model, run.guide, run.data, perts, n_cells=args.n_cells, seed=args.seed)
-    ate.to_csv(args.out)
+    post = posterior_ate(run.model, run.guide, run.data, perts, num_draws=args.num_draws,
+                         n_cells=args.n_cells, seed=args.seed, interval=args.interval)
+    ate = post.mean
+    (ate if args.wide else post.to_long()).to_csv(args.out, index=args.wide)
     top = ate.abs().max(1).round(3).to_dict()
     print(f"wrote {args.out} ({ate.shape[0]} perturbations × {ate.shape[1]} genes); "
           f"largest |ATE| per perturbation: {top}")
@@ -213,7 +221,8 @@ def cmd_evaluate(args):
         run = load_run(path, device=args.device)
         runs[run.model_config.model if run.model_config.model not in runs else Path(path).name] = run
     data = next(iter(runs.values())).data
-    report = evaluate(runs, data, args.out, split=args.split, n_cells=args.n_cells, seed=args.seed)
+    report = evaluate(runs, data, args.out, split=args.split, num_draws=args.num_draws,
+                      n_cells=args.n_cells, seed=args.seed)
     _print_headline(report, args.out)
 
 
@@ -228,13 +237,16 @@ def cmd_diagnose(args):
 
 def _print_headline(report, out):
     print(f"report: {Path(out) / 'report.md'}")
-    for name, m in report["models"].items():
-        a = m["ate"]
+    for name, a in report["summary"].items():
         extra = ""
+        m = report["models"].get(name, {})
         if "qc_pass_rate_generated_clean" in m:
             extra = f", QC pass rate of generated clean cells {m['qc_pass_rate_generated_clean']:.3f}"
-        print(f"  {name:9s} held-out ATE r {a['pearson_all']:.3f} (top-20 DE {a['pearson_top']:.3f})"
-              + extra)
+        label = "noise ceiling" if name == "ceiling" else "held-out ATE r"
+
+        def f(v):
+            return "—" if v is None else f"{v:.3f}"
+        print(f"  {name:9s} {label} {f(a['pearson_all'])} (top-20 DE {f(a['pearson_top'])})" + extra)
 
 
 def cmd_demo(args):
@@ -260,7 +272,7 @@ def cmd_demo(args):
     data = runs["cradle"].data
     qc_share = float(data.artifact.max(1).mean())
     print(f"QC labelled {qc_share:.1%} of cells as artifacts (k=3 MAD, scrublet)")
-    report = evaluate(runs, data, out / "report", split="test", n_cells=500, seed=args.seed)
+    report = evaluate(runs, data, out / "report", split="test", seed=args.seed)
     _print_headline(report, out / "report")
     print(f"done in {time.time() - t0:.0f} s; runs in {out / 'runs'}")
 
@@ -334,7 +346,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = run_cmd("effects", "average treatment effects (perturbations × genes) from generated clean cells")
     p.add_argument("--perturbations", required=True, help='comma-separated, e.g. "A+B,C"')
     p.add_argument("--out", required=True, help="output CSV")
-    p.add_argument("--n-cells", type=int, default=2500, help="generated cells per condition")
+    p.add_argument("--num-draws", type=int, default=100,
+                   help="posterior draws of the effects (default 100)")
+    p.add_argument("--n-cells", type=int, default=200,
+                   help="generated clean cells per draw and condition (default 200)")
+    p.add_argument("--interval", type=float, default=0.9,
+                   help="mass of the credible interval (default 0.9: 5%% and 95%% quantiles)")
+    p.add_argument("--wide", action="store_true",
+                   help="write posterior means only, perturbations × genes")
     p.set_defaults(func=cmd_effects)
 
     p = run_cmd("sample", "generate new cells under do(dosage=..., artifact=...)")
@@ -355,7 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--compare", action="append", help="other run folders to evaluate beside it")
     p.add_argument("--split", default="test", help="which cells to evaluate on (default test)")
-    p.add_argument("--n-cells", type=int, default=1000, help="generated cells per condition")
+    p.add_argument("--num-draws", type=int, default=100,
+                   help="posterior draws of the effects (default 100)")
+    p.add_argument("--n-cells", type=int, default=200,
+                   help="generated clean cells per draw and condition (default 200)")
     p.set_defaults(func=cmd_evaluate)
 
     p = run_cmd("diagnose", "ArviZ posterior diagnostics: netCDF, summary, PSIS k-hat, plots")

@@ -42,10 +42,15 @@ from .interventions import artifact_value, intervene
 
 
 def _predict(model_fn, guide_trace, kwargs):
-    """Replay the abducted latents through ``model_fn``; counts are predicted, not observed."""
+    """Replay the abducted latents through ``model_fn``; counts are predicted, not observed.
+
+    Returns the expected counts (the mean of the trace's count distribution)
+    and a sample of counts.
+    """
     kw = dict(kwargs, counts=None, cell_index=None, num_cells=None, reference=None)
     trace = poutine.trace(poutine.replay(model_fn, trace=guide_trace)).get_trace(**kw)
-    return trace.nodes["_RETURN"]["value"], trace.nodes["counts"]["value"]
+    site = trace.nodes["counts"]
+    return site["fn"].mean, site["value"]
 
 
 def counterfactual(model, guide, data, *, artifact=None, dosage=None, split=None,
@@ -82,10 +87,10 @@ def counterfactual(model, guide, data, *, artifact=None, dosage=None, split=None
             acc = {k: 0.0 for k in out}
             for s in range(num_samples):
                 gtr = poutine.trace(guide).get_trace(**dict(kwargs, reference=None))
-                z_cf, x_cf = _predict(model_do, gtr, kwargs)
-                z_fa, x_fa = _predict(model, gtr, kwargs)
-                acc["cf_mean"] = acc["cf_mean"] + model.expected_counts(z_cf, batch.library) / num_samples
-                acc["fa_mean"] = acc["fa_mean"] + model.expected_counts(z_fa, batch.library) / num_samples
+                mean_cf, x_cf = _predict(model_do, gtr, kwargs)
+                mean_fa, x_fa = _predict(model, gtr, kwargs)
+                acc["cf_mean"] = acc["cf_mean"] + mean_cf / num_samples
+                acc["fa_mean"] = acc["fa_mean"] + mean_fa / num_samples
                 if s == 0:
                     acc["cf"], acc["fa"] = x_cf, x_fa
             for k in out:

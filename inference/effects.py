@@ -20,6 +20,8 @@ Example
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -66,9 +68,7 @@ def generate(model, guide, n_cells: int, *, dosage=None, artifact="clean", libra
         trace = poutine.trace(poutine.replay(model_do, trace=guide_trace)).get_trace(
             library=lib, n_cells=n_cells)
     if expected:
-        z = trace.nodes["_RETURN"]["value"]
-        lib_used = trace.nodes["library"]["value"] if lib is None else lib
-        return model.expected_counts(z, lib_used).expand(num_particles, n_cells, -1)
+        return trace.nodes["counts"]["fn"].mean.expand(num_particles, n_cells, -1)
     return trace.nodes["counts"]["value"].expand(num_particles, n_cells, -1)
 
 
@@ -80,16 +80,30 @@ def _names(data):
 
 
 def sample_cells(model, guide, data, condition: str, n: int = 200, artifact="clean",
-                 library=None, seed: int = 0) -> ad.AnnData:
+                 library=None, seed: int = 0, globals: str = "per-cell") -> ad.AnnData:
     """``n`` generated cells under ``do(dosage=condition, artifact=artifact)`` as AnnData.
 
     Counts in ``X``; obs ``perturbation``, ``intervention_artifact`` and ``library``.
+
+    ``globals`` says how the global latents (effects, masks, artifact effects)
+    are drawn from the guide's posterior: ``"per-cell"`` (default) gives every
+    cell its own draw, so the cells are draws of the posterior predictive and
+    their spread includes the uncertainty about the effects; ``"one-draw"``
+    uses one draw for all cells (one plausible world, cells differ only in
+    basal state, library and count noise).
     """
+    if globals not in ("per-cell", "one-draw"):
+        raise ValueError(f"globals={globals!r}; use 'per-cell' or 'one-draw'")
     pyro.set_rng_seed(seed)
     rng = np.random.default_rng(seed)
     lib = resample_library(data, n, rng) if library is None else np.broadcast_to(library, (n,))
-    counts = generate(model, guide, n, dosage=condition, artifact=artifact, library=lib,
-                      names=_names(data))[0].cpu().numpy()
+    if globals == "per-cell":  # a particle per cell, each particle holds one cell
+        counts = generate(model, guide, 1, dosage=condition, artifact=artifact,
+                          library=np.asarray(lib)[:, None], num_particles=n,
+                          names=_names(data))[:, 0].cpu().numpy()
+    else:
+        counts = generate(model, guide, n, dosage=condition, artifact=artifact, library=lib,
+                          names=_names(data))[0].cpu().numpy()
     obs = pd.DataFrame({"perturbation": condition, "intervention_artifact": str(artifact),
                         "library": np.asarray(lib, dtype=float)},
                        index=[f"{condition}_generated{i}" for i in range(n)])
@@ -97,35 +111,126 @@ def sample_cells(model, guide, data, condition: str, n: int = 200, artifact="cle
                       var=pd.DataFrame(index=data.gene_names))
 
 
-def mean_normalised_expression(model, guide, data, condition, *, n_cells=2500, chunk=500,
-                               artifact="clean", seed=0) -> np.ndarray:
-    """Mean perturbseq-normalised expression of generated cells under ``condition``."""
+def condition_draws(model, guide, data, condition, *, num_draws: int = 100, n_cells: int = 200,
+                    artifact="clean", seed: int = 0, max_elements: int = 20_000_000) -> np.ndarray:
+    """Mean perturbseq-normalised expression under ``condition``, one row per posterior draw.
+
+    Each of ``num_draws`` draws of the globals from the guide generates
+    ``n_cells`` cells (basal from the prior, libraries resampled from clean
+    training cells, counts sampled); draws are vectorised as particles, in
+    chunks of at most ``max_elements`` generated counts. Returns (draws, genes).
+    The same ``seed`` gives the same globals, basal states and libraries for
+    every condition (common random numbers), so differences isolate the
+    condition.
+    """
     pyro.set_rng_seed(seed)
     rng = np.random.default_rng(seed)
-    total, done = None, 0
-    while done < n_cells:
-        m = min(chunk, n_cells - done)
-        lib = resample_library(data, m, rng)
-        x = generate(model, guide, m, dosage=condition, artifact=artifact, library=lib,
-                     names=_names(data))
-        s = perturbseq_normalise(x).sum((0, 1))
-        total = s if total is None else total + s
-        done += m
-    return (total / n_cells).cpu().numpy()
+    chunk = max(1, min(num_draws, max_elements // max(1, n_cells * data.n_genes)))
+    rows = []
+    for start in range(0, num_draws, chunk):
+        s = min(chunk, num_draws - start)
+        lib = resample_library(data, n_cells, rng)
+        x = generate(model, guide, n_cells, dosage=condition, artifact=artifact, library=lib,
+                     num_particles=s, names=_names(data))
+        rows.append(perturbseq_normalise(x).mean(1).cpu().numpy())
+    return np.concatenate(rows)
 
 
-def model_ate(model, guide, data, perturbations, *, n_cells=2500, chunk=500,
-              artifact="clean", seed=0) -> pd.DataFrame:
-    """Model ATE of each perturbation (seen or unseen combinations): perturbations × genes.
+@dataclass
+class PosteriorATE:
+    """Posterior of model ATEs: per-draw values and their summaries.
 
-    Every condition is generated from the same seed (common random numbers).
+    Attributes
+    ----------
+    draws
+        (perturbations, draws, genes): ATE under each posterior draw of the globals.
+    perturbations, genes
+        Labels of the first and last axes.
+    interval
+        Mass of the central credible interval (0.9: 5 % and 95 % quantiles).
     """
-    base = mean_normalised_expression(model, guide, data, data.control_label, n_cells=n_cells,
-                                      chunk=chunk, artifact=artifact, seed=seed)
-    rows = [mean_normalised_expression(model, guide, data, p, n_cells=n_cells, chunk=chunk,
-                                       artifact=artifact, seed=seed) - base
-            for p in perturbations]
-    return pd.DataFrame(np.stack(rows), index=list(perturbations), columns=data.gene_names)
+
+    draws: np.ndarray
+    perturbations: list
+    genes: list
+    interval: float = 0.9
+
+    def _frame(self, values) -> pd.DataFrame:
+        return pd.DataFrame(values, index=list(self.perturbations), columns=list(self.genes))
+
+    @property
+    def mean(self) -> pd.DataFrame:
+        """Posterior mean ATE (perturbations × genes)."""
+        return self._frame(self.draws.mean(1))
+
+    @property
+    def lower(self) -> pd.DataFrame:
+        return self._frame(np.quantile(self.draws, (1 - self.interval) / 2, axis=1))
+
+    @property
+    def upper(self) -> pd.DataFrame:
+        return self._frame(np.quantile(self.draws, (1 + self.interval) / 2, axis=1))
+
+    @property
+    def prob_increase(self) -> pd.DataFrame:
+        """Posterior probability that the perturbation raises the gene."""
+        return self._frame((self.draws > 0).mean(1))
+
+    @property
+    def prob_decrease(self) -> pd.DataFrame:
+        return self._frame((self.draws < 0).mean(1))
+
+    def to_long(self) -> pd.DataFrame:
+        """One row per (perturbation, gene): ``perturbation``, ``gene``, ``mean``,
+        ``lower``, ``upper`` (the central ``interval`` credible interval),
+        ``prob_increase``, ``prob_decrease``, ``interval``. The layout of
+        ``cradle-pyro effects``' CSV."""
+        parts = {"mean": self.mean, "lower": self.lower, "upper": self.upper,
+                 "prob_increase": self.prob_increase, "prob_decrease": self.prob_decrease}
+        long = pd.concat({k: v.stack() for k, v in parts.items()}, axis=1)
+        long.index.names = ["perturbation", "gene"]
+        long = long.reset_index()
+        long["interval"] = self.interval
+        return long
+
+
+def posterior_ate(model, guide, data, perturbations, *, num_draws: int = 100, n_cells: int = 200,
+                  artifact="clean", seed: int = 0, interval: float = 0.9) -> PosteriorATE:
+    """Posterior of the model ATE of each perturbation (seen or unseen combinations).
+
+    For each of ``num_draws`` posterior draws of the globals, ``n_cells``
+    clean cells (``do(artifact=clean)`` by default) are generated under the
+    perturbation and under control with common random numbers
+    (:func:`condition_draws`); the draw's ATE is the difference of their mean
+    perturbseq-normalised expression. The spread over draws is the posterior
+    uncertainty about the effects plus the Monte Carlo noise of ``n_cells``
+    cells, so intervals err on the wide side for small ``n_cells``.
+
+    Example
+    -------
+    >>> from cradle_pyro import simulate_screen, PerturbationData
+    >>> from inference import TrainConfig, fit
+    >>> data = PerturbationData.from_anndata(simulate_screen(300, 40, seed=0), doublets=False)
+    >>> run = fit(data, TrainConfig(epochs=1, progress=False))
+    >>> post = posterior_ate(run.model, run.guide, data, ["P0"], num_draws=20, n_cells=20)
+    >>> post.draws.shape, list(post.to_long().columns)[:4]
+    ((1, 20, 40), ['perturbation', 'gene', 'mean', 'lower'])
+    """
+    if num_draws < 1 or n_cells < 1:
+        raise ValueError(f"num_draws={num_draws}, n_cells={n_cells}: both must be at least 1")
+    if not 0 < interval < 1:
+        raise ValueError(f"interval={interval}; a credible mass strictly between 0 and 1")
+    kw = dict(num_draws=num_draws, n_cells=n_cells, artifact=artifact, seed=seed)
+    base = condition_draws(model, guide, data, data.control_label, **kw)
+    draws = np.stack([condition_draws(model, guide, data, p, **kw) - base for p in perturbations])
+    return PosteriorATE(draws, list(perturbations), list(data.gene_names), interval)
+
+
+def model_ate(model, guide, data, perturbations, *, num_draws: int = 100, n_cells: int = 200,
+              artifact="clean", seed: int = 0) -> pd.DataFrame:
+    """Posterior mean model ATE (perturbations × genes); see :func:`posterior_ate`."""
+    return posterior_ate(model, guide, data, perturbations, num_draws=num_draws, n_cells=n_cells,
+                         artifact=artifact, seed=seed).mean
 
 
 def data_ate(data, perturbations=None, split=None, clean_only=False) -> pd.DataFrame:

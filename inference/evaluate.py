@@ -1,10 +1,15 @@
 """The evaluation report: metrics JSON, a Markdown report and figures.
 
-:func:`evaluate` scores one or more trained runs on the held-out cells of a
-split: ATE Pearson r and R² (all genes and top-20 DE), Jaccard of top-20 gene
-sets, QC pass rate of generated clean cells (judged by the thresholds learnt on
-the training data), energy distance to real cells in PCA space, held-out
-IWELBO; and the additive baseline beside the models on combinations.
+:func:`evaluate` scores one or more trained runs on the held-out conditions of
+a split, the way :mod:`inference.scoring` describes: truth from clean cells,
+the additive baseline never sharing control cells with the truth (averaged
+over ``n_splits`` random halvings of the control cells), the truth's split-half
+noise ceiling beside every score, per-condition scores, and how far each
+combination is from the sum of its singles (data and model). Model ATEs are
+posterior means over many draws of the globals (:func:`~inference.effects.posterior_ate`).
+Beside the effects: QC pass rate of generated clean cells (judged by the
+thresholds learnt on the training data), energy distance to real cells in PCA
+space, held-out IWELBO.
 
 Example
 -------
@@ -14,9 +19,10 @@ Example
 >>> data = PerturbationData.from_anndata(simulate_screen(400, 80, seed=0), doublets=False,
 ...                                      split="unseen-combinations", heldout_fraction=0.5)
 >>> run = fit(data, TrainConfig(epochs=1, progress=False))
->>> report = evaluate({"cradle": run}, data, tempfile.mkdtemp(), n_cells=100, progress=False)
->>> "cradle" in report["models"] and "additive" in report["models"]
-True
+>>> report = evaluate({"cradle": run}, data, tempfile.mkdtemp(), num_draws=10, n_cells=20,
+...                   n_splits=3, progress=False)
+>>> sorted(report["summary"])
+['additive', 'ceiling', 'cradle']
 """
 
 from __future__ import annotations
@@ -30,28 +36,21 @@ from matplotlib.figure import Figure  # figures without pyplot's global state or
 from tqdm.auto import tqdm
 
 from cradle_pyro.qc import qc_metrics
+from cradle_pyro.splits import targets_of
 
-from .effects import additive_ate, data_ate, model_ate, sample_cells
-from .metrics import ate_metrics, pca_energy_distance, qc_pass_rate
+from .effects import posterior_ate, sample_cells
+from .metrics import pca_energy_distance, qc_pass_rate
 from .objective import iwelbo
+from .scoring import (SCORE_COLUMNS, held_out_conditions, interactions, score_ates,
+                      summarise_scores)
 
-METRIC_COLUMNS = ["pearson_all", "r2_all", "pearson_top", "r2_top", "jaccard_top"]
-
-
-def heldout_perturbations(data, split="test"):
-    """Conditions with cells in ``split`` (control excluded)."""
-    conds = np.asarray(data.conditions)
-    return [c for c in data.condition_names
-            if c != data.control_label and ((data.split == split) & (conds == c)).any()]
+heldout_perturbations = held_out_conditions  # the name earlier releases used
 
 
-def _summary(table: pd.DataFrame) -> dict:
-    return {k: float(np.nanmean(table[k])) for k in METRIC_COLUMNS}
-
-
-def evaluate(runs: dict, data, out_dir, *, split: str = "test", n_cells: int = 1000,
-             n_generated: int = 200, top_k: int = 20, seed: int = 0, progress: bool = True) -> dict:
-    """Evaluate trained runs on ``split``; writes ``metrics.json``, ``report.md`` and figures.
+def evaluate(runs: dict, data, out_dir, *, split: str = "test", num_draws: int = 100,
+             n_cells: int = 200, n_generated: int = 200, n_splits: int = 20, top_k: int = 20,
+             seed: int = 0, progress: bool = True) -> dict:
+    """Evaluate trained runs on ``split``; writes ``metrics.json``, ``report.md``, CSVs and figures.
 
     Parameters
     ----------
@@ -60,56 +59,79 @@ def evaluate(runs: dict, data, out_dir, *, split: str = "test", n_cells: int = 1
         ``model``, ``guide`` and ``history``).
     data
         The :class:`~cradle_pyro.data.PerturbationData` the runs were trained on.
-    n_cells
-        Generated cells per condition for model ATEs.
+    num_draws, n_cells
+        Posterior draws and generated cells per draw for model ATEs.
     n_generated
         Generated clean cells per condition for QC pass rate and energy distance.
+    n_splits
+        Random halvings of the control cells the scores are averaged over.
 
     Returns
     -------
     dict
-        The content of ``metrics.json``.
+        The content of ``metrics.json``: ``summary`` (predictor → mean scores
+        over held-out conditions, ``ceiling`` included), ``per_perturbation``
+        (long table as records), ``interactions`` and per-model extras.
     """
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    perts = heldout_perturbations(data, split)
-    observed = data_ate(data, perts, split=split)
-    report = {"split": split, "perturbations": perts, "n_cells_per_condition": n_cells,
-              "top_k": top_k, "models": {}}
-    tables, ates = {}, {}
+    perts = held_out_conditions(data, split)
     combos = [p for p in perts if data.separator in p]
-    if combos:
-        ates["additive"] = additive_ate(data, combos)
-        tables["additive"] = ate_metrics(ates["additive"], observed.loc[combos], top_k)
-        report["models"]["additive"] = {"ate": _summary(tables["additive"]),
-                                        "note": "sum of the singles' training-data ATEs"}
+    singles = sorted({t for p in combos for t in targets_of(p, data.control_label, data.separator)})
+    report = {"split": split, "perturbations": perts, "num_draws": num_draws,
+              "n_cells_per_draw": n_cells, "n_control_splits": n_splits, "top_k": top_k,
+              "models": {}}
+    posteriors, extras = {}, {}
     for name, run in tqdm(runs.items(), desc="evaluate", disable=not progress):
-        ate = model_ate(run.model, run.guide, data, perts, n_cells=n_cells, seed=seed)
-        ates[name], tables[name] = ate, ate_metrics(ate, observed, top_k)
-        entry = {"ate": _summary(tables[name])}
-        if combos:
-            entry["ate_combinations"] = _summary(tables[name].loc[combos])
-        generated, energy = [], []
-        for p in perts[:8]:
-            cells = sample_cells(run.model, run.guide, data, p, n=n_generated, artifact="clean", seed=seed)
-            generated.append(cells)
-            real = _real_clean(data, p, split)
-            if len(real) > 2:
-                energy.append(pca_energy_distance(cells.X.toarray(), real, seed=seed))
-        if data.qc_thresholds is not None:
-            entry["qc_pass_rate_generated_clean"] = float(np.mean(
-                [qc_pass_rate(data.qc_thresholds, g) for g in generated]))
-        entry["energy_distance_pca"] = float(np.mean(energy)) if energy else None
-        entry["iwelbo_mean"] = float(np.mean(iwelbo(run.model, run.guide, data, split=split,
-                                                     num_particles=20)))
-        entry["per_perturbation"] = tables[name].round(4).reset_index().to_dict(orient="records")
-        report["models"][name] = entry
-        _qc_figure(generated, data, split, perts[:8], out / "figures" / f"qc_{_safe(name)}.png")
-    _scatter_figure(ates, observed, out / "figures" / "ate_scatter.png")
+        wanted = perts + [t for t in singles if t not in perts]
+        posteriors[name] = posterior_ate(run.model, run.guide, data, wanted, num_draws=num_draws,
+                                         n_cells=n_cells, seed=seed)
+        extras[name] = _generation_checks(run, data, perts, split, n_generated, seed,
+                                          out / "figures" / f"qc_{_safe(name)}.png")
+    means = {name: post.mean for name, post in posteriors.items()}
+    table = score_ates(means, data, perts, split=split, n_splits=n_splits, top_k=top_k,
+                       seed=seed)
+    summary = summarise_scores(table)
+    inter = interactions(means, data, combos, split=split) if combos else pd.DataFrame()
+    report["summary"] = {k: {c: _float(v) for c, v in row.items()}
+                         for k, row in summary.iterrows()}
+    report["per_perturbation"] = table.round(4).to_dict(orient="records")
+    report["interactions"] = inter.round(4).to_dict(orient="records")
+    report["models"] = extras
+    table.to_csv(out / "scores.csv", index=False)
+    for name, post in posteriors.items():
+        post.to_long().to_csv(out / f"ate_{_safe(name)}.csv", index=False)
+    _scatter_figure(posteriors, data, perts, split, out / "figures" / "ate_scatter.png")
     _loss_figure(runs, out / "figures" / "loss_curves.png")
     (out / "metrics.json").write_text(json.dumps(report, indent=2, default=_json_default))
     (out / "report.md").write_text(markdown_report(report))
     return report
+
+
+def _generation_checks(run, data, perts, split, n_generated, seed, figure_path) -> dict:
+    """QC pass rate and energy distance of generated clean cells (and their QC
+    figure); held-out IWELBO."""
+    generated, energy = [], []
+    for p in perts[:8]:
+        cells = sample_cells(run.model, run.guide, data, p, n=n_generated, artifact="clean", seed=seed)
+        generated.append(cells)
+        real = _real_clean(data, p, split)
+        if len(real) > 2:
+            energy.append(pca_energy_distance(cells.X.toarray(), real, seed=seed))
+    entry = {}
+    if data.qc_thresholds is not None and generated:
+        entry["qc_pass_rate_generated_clean"] = float(np.mean(
+            [qc_pass_rate(data.qc_thresholds, g) for g in generated]))
+    entry["energy_distance_pca"] = float(np.mean(energy)) if energy else None
+    entry["iwelbo_mean"] = float(np.mean(iwelbo(run.model, run.guide, data, split=split,
+                                                 num_particles=20)))
+    if generated:
+        _qc_figure(generated, data, split, perts[:8], figure_path)
+    return entry
+
+
+def _float(v):
+    return None if v is None or not np.isfinite(v) else float(v)
 
 
 def _safe(name):
@@ -130,22 +152,30 @@ def _real_clean(data, condition, split):
     return data.counts[np.flatnonzero(keep)].toarray()
 
 
-def _scatter_figure(ates, observed, path, max_panels=12):
-    perts = list(observed.index)[:max_panels]
+def _scatter_figure(posteriors, data, perts, split, path, max_panels=12):
+    """Predicted vs observed (clean truth) ATE per condition, with 90 % intervals."""
+    from .scoring import clean_cells
+    from .effects import perturbseq_normalise
+
+    perts = list(perts)[:max_panels]
+    if not perts:
+        return
+    control = perturbseq_normalise(data.counts[clean_cells(data, data.control_label)]).mean(0)
     cols = min(4, len(perts))
     rows = int(np.ceil(len(perts) / cols))
     fig = Figure(figsize=(3.2 * cols, 3.0 * rows))
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax, p in zip(axes.ravel(), perts):
-        o = observed.loc[p].to_numpy()
-        for name, ate in ates.items():
-            if p in ate.index:
-                ax.scatter(o, ate.loc[p].to_numpy(), s=5, alpha=0.6, label=name)
+        o = perturbseq_normalise(data.counts[clean_cells(data, p, split=split)]).mean(0) - control
+        for name, post in posteriors.items():
+            m, lo, up = (post.mean.loc[p].to_numpy(), post.lower.loc[p].to_numpy(),
+                         post.upper.loc[p].to_numpy())
+            ax.errorbar(o, m, yerr=[m - lo, up - m], fmt="o", ms=2, lw=0.4, alpha=0.6, label=name)
         lim = np.abs(o).max() * 1.1 + 1e-6
         ax.plot([-lim, lim], [-lim, lim], color="grey", lw=0.8)
         ax.set_title(p, fontsize=9)
-        ax.set_xlabel("observed ATE")
-        ax.set_ylabel("predicted ATE")
+        ax.set_xlabel("observed ATE (clean cells)")
+        ax.set_ylabel("model ATE, 90 % interval")
     for ax in axes.ravel()[len(perts):]:
         ax.axis("off")
     axes.ravel()[0].legend(fontsize=7)
@@ -196,26 +226,35 @@ def _qc_figure(generated, data, split, perts, path):
 
 def markdown_report(report: dict) -> str:
     """A readable Markdown summary of :func:`evaluate`'s metrics."""
+    k = report["top_k"]
     lines = [f"# cradle-pyro evaluation ({report['split']} split)", "",
-             f"Held-out perturbations: {', '.join(report['perturbations'])}", "",
-             "| model | ATE r (all) | ATE R² (all) | ATE r (top-%d) | Jaccard top-%d | r on combinations | QC pass (generated clean) | energy dist. (PCA) | IWELBO |"
-             % (report["top_k"], report["top_k"]),
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"Held-out conditions: {', '.join(report['perturbations'])}", "",
+             f"Scores are means over held-out conditions and over {report['n_control_splits']} "
+             "random halvings of the clean control cells (the truth uses one half, the additive "
+             "baseline the other). `ceiling` is the truth's split-half reliability "
+             "(Spearman-Brown corrected); a perfect predictor's expected r is about its square "
+             "root.", "",
+             f"| predictor | r (all genes) | r (top-{k}) | R² (all) | R² (top-{k}) | Jaccard top-{k} "
+             f"| slope (top-{k}) |", "|---|---|---|---|---|---|---|"]
 
     def f(v):
-        return "—" if v is None else f"{v:.3f}"
+        return "—" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.3f}"
 
+    for name, m in report["summary"].items():
+        lines.append("| " + " | ".join([name] + [f(m.get(c)) for c in SCORE_COLUMNS]) + " |")
+    if report.get("interactions"):
+        lines += ["", "Distance of each combination from the sum of its singles (L2 over genes; "
+                  "`_r`: correlation of the model's interaction with the data's):", "",
+                  "| " + " | ".join(report["interactions"][0]) + " |",
+                  "|" + "---|" * len(report["interactions"][0])]
+        for row in report["interactions"]:
+            lines.append("| " + " | ".join(v if isinstance(v, str) else f(v) for v in row.values()) + " |")
+    lines += ["", "| model | QC pass (generated clean) | energy dist. (PCA) | IWELBO |",
+              "|---|---|---|---|"]
     for name, m in report["models"].items():
-        a = m["ate"]
-        combo = m.get("ate_combinations", a if name == "additive" else None)
-        lines.append(f"| {name} | {f(a['pearson_all'])} | {f(a['r2_all'])} | {f(a['pearson_top'])} | "
-                     f"{f(a['jaccard_top'])} | {f(combo['pearson_all']) if combo else '—'} | "
-                     f"{f(m.get('qc_pass_rate_generated_clean'))} | {f(m.get('energy_distance_pca'))} | "
-                     f"{f(m.get('iwelbo_mean'))} |")
-    lines += ["", "The additive baseline predicts a combination as the sum of its singles' ATEs "
-              "measured on training cells; it is only defined for combinations.", "",
-              "![ATE scatter](figures/ate_scatter.png)", "", "![loss](figures/loss_curves.png)", ""]
+        lines.append(f"| {name} | {f(m.get('qc_pass_rate_generated_clean'))} | "
+                     f"{f(m.get('energy_distance_pca'))} | {f(m.get('iwelbo_mean'))} |")
+    lines += ["", "![ATE scatter](figures/ate_scatter.png)", "", "![loss](figures/loss_curves.png)", ""]
     for name in report["models"]:
-        if name != "additive":
-            lines.append(f"![QC of generated cells, {name}](figures/qc_{_safe(name)}.png)")
+        lines.append(f"![QC of generated cells, {name}](figures/qc_{_safe(name)}.png)")
     return "\n".join(lines) + "\n"

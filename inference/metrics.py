@@ -70,3 +70,56 @@ def pca_energy_distance(generated: np.ndarray, real: np.ndarray, n_components: i
 def qc_pass_rate(thresholds, adata) -> float:
     """Share of cells that pass every QC rule learnt on the training data."""
     return float(1 - thresholds.judge(adata)["artifact"].mean())
+
+
+def basal_leakage(model, guide, data, split=None, batch_size: int = 512, seed: int = 0) -> pd.DataFrame:
+    """How much of each condition sits in the basal state, per condition.
+
+    Encodes the cells (one posterior draw of the globals, the guide's
+    q(basal | x) locations) and compares, per condition, the norm of the mean
+    basal location *minus the control cells' mean basal location* with the
+    norm of the condition's perturbation offset ``dosage @ (effect * mask)``.
+    The basal state is exogenous, so its mean should not depend on the
+    condition: the ratio should be near 0 (up to the noise of a mean over the
+    condition's cells); a large ratio means part of the perturbation sits in
+    the basal state, where generation from the prior drops it.
+
+    Returns a table: ``condition``, ``n_cells``, ``basal_mean_norm`` (of the
+    difference to control), ``offset_norm``, ``leakage`` (their ratio).
+    """
+    import pyro
+    import torch
+    from pyro import poutine
+
+    from .objective import _location
+
+    pyro.set_rng_seed(seed)
+    sums, counts, offsets = {}, {}, {}
+    conds = np.asarray(data.conditions)
+    with torch.no_grad():
+        gtr = None
+        for batch in data.batches(split, batch_size=batch_size, shuffle=False, device=model.device):
+            kw = dict(batch.model_kwargs(), reference=None)
+            if gtr is None:  # one draw of the globals for all batches
+                gtr = poutine.trace(guide).get_trace(**kw)
+                globals_ = {k: gtr.nodes[k]["value"] if k in gtr.nodes else None
+                            for k in ("effect", "mask")}
+            tr = poutine.trace(poutine.condition(guide, data={k: v for k, v in globals_.items()
+                                                              if v is not None})).get_trace(**kw)
+            loc = _location(tr.nodes["basal"]["fn"]).reshape(batch.size, -1).cpu().numpy()
+            off = model.perturbation_offset(batch.dosage, globals_["effect"], globals_["mask"])
+            off = off.reshape(batch.size, -1).cpu().numpy()
+            for i, c in zip(range(batch.size), conds[batch.cell_index.cpu().numpy()]):
+                sums[c] = sums.get(c, 0.0) + loc[i]
+                counts[c] = counts.get(c, 0) + 1
+                offsets[c] = off[i]
+    rows = []
+    control = sums[data.control_label] / counts[data.control_label]
+    for c in sums:
+        if c == data.control_label:
+            continue
+        m = np.linalg.norm(sums[c] / counts[c] - control)
+        o = np.linalg.norm(offsets[c])
+        rows.append({"condition": c, "n_cells": counts[c], "basal_mean_norm": float(m),
+                     "offset_norm": float(o), "leakage": float(m / o) if o > 0 else float("nan")})
+    return pd.DataFrame(rows)

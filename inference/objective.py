@@ -2,7 +2,17 @@
 
 ``CradleELBO(model, guide, **batch)`` returns the loss to minimise::
 
-    loss = -ELBO_minibatch + beta * sum_n (N/B) KL_align(n)
+    loss = -ELBO_minibatch + beta_eff * sum_n (N/B) KL_align(n)
+           + independence * leakage
+
+``alignment_weighting`` says how ``beta`` is read:
+
+- ``"per-cell"`` (default): ``beta_eff = beta``; each cell's alignment KL
+  weighs ``beta`` against that cell's ELBO term.
+- ``"published"``: the published CRADLE loss ``−mean_n ELBO_n + β Σ_n KL_n``
+  (a batch of B cells). Multiplied by N it is ``−ELBO_minibatch + β·B ·
+  Σ_n (N/B) KL_n``: the same as ``beta_eff = β·B``, so with the published
+  β = 0.5 and B = 512 each cell's KL weighs about 256 times its ELBO term.
 
 - Local sites are scaled by N/B by the model's cell plate.
 - Per-perturbation global sites (``effect``, ``mask``) are charged to the cells
@@ -42,6 +52,7 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 
 PARTICLE_DIM = -2
+ALIGNMENT_WEIGHTINGS = ("per-cell", "published")
 PERTURBATION_SITES = ("effect", "mask")
 ARTIFACT_SITES = ("artifact_effect",)
 
@@ -90,12 +101,22 @@ class CradleELBO:
     class_balance
         α: share of the likelihood weight carried by artifact cells; ``None``
         (default) leaves the likelihood unweighted.
+    independence
+        Weight of the basal-leakage penalty (:meth:`basal_leakage`); 0 is off.
+    alignment_weighting
+        ``"per-cell"`` or ``"published"`` (see the module docstring).
     """
 
-    def __init__(self, num_particles: int = 5, beta: float = 1.0, class_balance: float | None = None):
+    def __init__(self, num_particles: int = 5, beta: float = 1.0, class_balance: float | None = None,
+                 independence: float = 0.0, alignment_weighting: str = "per-cell"):
+        if alignment_weighting not in ALIGNMENT_WEIGHTINGS:
+            raise ValueError(f"alignment_weighting={alignment_weighting!r}; "
+                             f"choose one of {list(ALIGNMENT_WEIGHTINGS)}")
         self.num_particles = num_particles
+        self.alignment_weighting = alignment_weighting
         self.beta = beta
         self.class_balance = class_balance
+        self.independence = independence
         self.perturbation_counts = None
         self.artifact_counts = None
         self.artifact_share = None
@@ -159,13 +180,41 @@ class CradleELBO:
                 log_q = log_q + _per_particle(site["log_prob"], S)
         elbo = (log_p - log_q).mean()
         alignment = self.alignment(guide_trace, kwargs)
-        loss = -elbo + self.beta * alignment
+        leakage = self.basal_leakage(guide_trace, kwargs)
+        beta = self.beta * (kwargs["counts"].shape[-2] if self.alignment_weighting == "published" else 1)
+        loss = -elbo + beta * alignment + self.independence * leakage
         self.last_terms = {
             "loss": float(loss.detach()), "elbo": float(elbo.detach()),
             "loglik": float(loglik.mean().detach()), "kl": float((loglik - log_p + log_q).mean().detach()),
-            "alignment": float(alignment.detach()),
+            "alignment": float(alignment.detach()), "leakage": float(leakage.detach()),
         }
         return loss
+
+    def basal_leakage(self, guide_trace, kwargs):
+        """Σ_groups (N/B) · n_g · ½‖mean of q(basal) locations in g‖², averaged over particles.
+
+        Groups are the batch's cells with the same dosage and artifact state.
+        The basal state is exogenous: its aggregate posterior within any
+        treatment group should be the N(0, I) prior, so a group mean away from
+        0 is part of the treatment left in the basal state (where generation
+        from the prior drops it). This is the first moment of that constraint.
+        """
+        site = guide_trace.nodes.get("basal")
+        if self.independence == 0 or site is None:
+            return torch.zeros((), device=kwargs["counts"].device)
+        loc = _location(site["fn"])
+        treatment = torch.cat([kwargs["dosage"]] + ([kwargs["artifact"]] if kwargs.get("artifact")
+                                                    is not None else []), -1)
+        _, group = torch.unique(treatment, dim=0, return_inverse=True)
+        n_groups = int(group.max()) + 1
+        sums = torch.zeros(*loc.shape[:-2], n_groups, loc.shape[-1], device=loc.device, dtype=loc.dtype)
+        sums = sums.index_add(-2, group, loc)
+        sizes = torch.bincount(group, minlength=n_groups).to(loc.dtype)
+        # n_g · ½‖sum/n_g‖² = ½‖sum‖² / n_g
+        per_particle = 0.5 * (sums.pow(2).sum(-1) / sizes).sum(-1)
+        batch = kwargs["counts"].shape[-2]
+        factor = (kwargs.get("num_cells") or batch) / batch
+        return factor * per_particle.mean()
 
     def alignment(self, guide_trace, kwargs):
         """Σ_n (N/B) KL_align(n), averaged over particles (0 without references)."""
@@ -176,6 +225,13 @@ class CradleELBO:
         batch = kwargs["counts"].shape[-2]
         factor = (kwargs.get("num_cells") or batch) / batch
         return factor * kl.sum(-1).mean()
+
+
+def _location(fn):
+    """The location of a guide's (possibly Independent-wrapped) basal distribution."""
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return fn.loc if hasattr(fn, "loc") else fn.mean
 
 
 def per_cell_log_weights(model, guide, num_particles: int, **kwargs) -> torch.Tensor:

@@ -37,13 +37,25 @@ from cradle_pyro.guides import make_guide
 from cradle_pyro.model import CradleModel
 
 from .objective import CradleELBO
+from .selection import SELECT, ValidationEffects
+
+# which history column each selection criterion minimises
+SELECTION_COLUMN = {"elbo": "val_loss", "ate": "val_ate_error"}
 
 CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass
 class TrainConfig:
-    """How to train. Every field can be set from the command line or YAML."""
+    """How to train. Every field can be set from the command line or YAML.
+
+    ``select`` picks the state ``fit`` keeps: ``"elbo"`` (lowest validation
+    −ELBO), ``"ate"`` (lowest validation ATE error on seen conditions, see
+    :mod:`inference.selection`) or ``"last"`` (the final epoch, no early
+    stopping). Nothing is kept and patience does not count before ``warmup``
+    epochs. ``independence`` weighs the basal-leakage penalty of
+    :meth:`~inference.objective.CradleELBO.basal_leakage`.
+    """
 
     epochs: int = 100
     batch_size: int = 128
@@ -51,8 +63,12 @@ class TrainConfig:
     weight_decay: float = 1e-5
     clip_norm: float = 10.0
     patience: int = 15
+    select: str = "elbo"
+    warmup: int = 0
     num_particles: int = 5
     beta: float = 1.0
+    independence: float = 0.0
+    alignment_weighting: str = "per-cell"
     class_balance: float | None = None
     guide: str = "correlated"
     device: str = "cpu"
@@ -103,6 +119,16 @@ def _set_rng_state(state: dict):
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _rng_kept:
+    """Restore every RNG fit uses (torch, numpy, python) on exit."""
+
+    def __enter__(self):
+        self._state = _rng_state()
+
+    def __exit__(self, *exc):
+        _set_rng_state(self._state)
 
 
 def atomic_save(obj, path: Path):
@@ -204,9 +230,11 @@ def fit(
     guide = guide or make_guide(tc.guide, model, data.gene_mean, data.gene_std)
     model.to(device)
     guide.to(device)
-    objective = CradleELBO(tc.num_particles, tc.beta, tc.class_balance).for_data(data, "train")
+    objective = CradleELBO(tc.num_particles, tc.beta, tc.class_balance, tc.independence,
+                           tc.alignment_weighting).for_data(data, "train")
     has_val = len(data.indices("val")) > 0
-    val_objective = CradleELBO(tc.num_particles, tc.beta, tc.class_balance).for_data(
+    val_objective = CradleELBO(tc.num_particles, tc.beta, tc.class_balance, tc.independence,
+                           tc.alignment_weighting).for_data(
         data, "val" if has_val else "train")
     # one forward pass creates lazily built parameters (autoguides) before the optimiser
     with torch.no_grad():
@@ -218,6 +246,13 @@ def fit(
         # same initial parameters everywhere (seeded above); different noise per rank
         pyro.set_rng_seed(tc.seed + 7919 * rank)
 
+    if tc.select not in SELECT:
+        raise CradleInputError(f"select={tc.select!r}; choose one of {list(SELECT)}")
+    val_effects = ValidationEffects(data, seed=tc.seed) if tc.select == "ate" else None
+    if tc.select == "ate" and not val_effects:
+        raise CradleInputError("select='ate' needs validation cells of seen conditions "
+                               "(at least 3 clean cells of a condition in the 'val' split); "
+                               "use select='elbo' or a split with validation cells")
     start, history, best, best_epoch, best_state, stale = 0, [], math.inf, -1, None, 0
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
     if resume:
@@ -265,12 +300,18 @@ def fit(
         row["val_alignment"] = val["alignment"]
         if world > 1:  # one early-stopping decision for all ranks
             row["val_loss"] = _mean_over_ranks(row["val_loss"], device)
+        if val_effects:
+            with _rng_kept():  # scoring must not change the training's random stream
+                row["val_ate_error"] = val_effects.error(model, guide)
         history.append(row)
-        if row["val_loss"] < best:
-            best, best_epoch, stale = row["val_loss"], epoch, 0
+        score = row[SELECTION_COLUMN[tc.select]] if tc.select != "last" else -epoch
+        if epoch < tc.warmup:
+            score = math.inf  # nothing is kept, and patience does not run, before warm-up ends
+        if score < best:
+            best, best_epoch, stale = score, epoch, 0
             best_state = {"model": copy.deepcopy(model.state_dict()),
                           "guide": copy.deepcopy(guide.state_dict())}
-        else:
+        elif epoch >= tc.warmup:
             stale += 1
         bar.set_postfix(loss=f"{row['loss']:.1f}", loglik=f"{row['loglik']:.1f}",
                         kl=f"{row['kl']:.2f}", align=f"{row['alignment']:.3f}",

@@ -50,9 +50,19 @@ def test_qc_effects_sample_counterfactual_evaluate_diagnose(screen, run_dir, tmp
     assert "threshold" in capsys.readouterr().out
 
     assert main(["effects", str(run_dir), "--perturbations", "P0+P1,P2", "--out",
-                 str(tmp_path / "ate.csv"), "--n-cells", "100"]) == 0
-    ate = pd.read_csv(tmp_path / "ate.csv", index_col=0)
+                 str(tmp_path / "ate.csv"), "--n-cells", "50", "--num-draws", "20"]) == 0
+    long = pd.read_csv(tmp_path / "ate.csv")
+    assert list(long.columns) == ["perturbation", "gene", "mean", "lower", "upper",
+                                  "prob_increase", "prob_decrease", "interval"]
+    assert len(long) == 2 * 80 and list(long["perturbation"].unique()) == ["P0+P1", "P2"]
+    assert (long["lower"] <= long["mean"]).all() and (long["mean"] <= long["upper"]).all()
+    assert np.allclose(long["prob_increase"] + long["prob_decrease"], 1, atol=0.2)
+    assert main(["effects", str(run_dir), "--perturbations", "P0+P1,P2", "--out",
+                 str(tmp_path / "ate_wide.csv"), "--n-cells", "50", "--num-draws", "20", "--wide"]) == 0
+    ate = pd.read_csv(tmp_path / "ate_wide.csv", index_col=0)
     assert ate.shape == (2, 80) and list(ate.index) == ["P0+P1", "P2"]
+    assert np.allclose(ate.loc["P2"].to_numpy(), long[long.perturbation == "P2"]["mean"].to_numpy(),
+                       atol=1e-5)
 
     assert main(["sample", str(run_dir), "--perturbation", "P0+P1", "--n", "30", "--out",
                  str(tmp_path / "cells.h5ad")]) == 0
@@ -64,10 +74,12 @@ def test_qc_effects_sample_counterfactual_evaluate_diagnose(screen, run_dir, tmp
     cf = ad.read_h5ad(tmp_path / "cf.h5ad")
     assert cf.shape == (600, 80) and {"expected", "factual", "factual_expected"} <= set(cf.layers)
 
-    assert main(["evaluate", str(run_dir), "--out", str(tmp_path / "report"), "--n-cells", "100"]) == 0
+    assert main(["evaluate", str(run_dir), "--out", str(tmp_path / "report"), "--n-cells", "50",
+                 "--num-draws", "20"]) == 0
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
-    assert {"cradle", "additive"} <= set(metrics["models"])
-    assert np.isfinite(metrics["models"]["cradle"]["ate"]["pearson_all"])
+    assert {"cradle", "additive", "ceiling"} <= set(metrics["summary"])
+    assert np.isfinite(metrics["summary"]["cradle"]["pearson_all"])
+    assert 0 < metrics["summary"]["ceiling"]["pearson_top"] <= 1
     assert (tmp_path / "report" / "report.md").exists()
     assert (tmp_path / "report" / "figures" / "ate_scatter.png").stat().st_size > 1000
 

@@ -55,3 +55,22 @@ def test_papalexi_loads_with_unassigned_dropped_or_kept(papalexi):
                                          qc_columns=cols, doublets=False, drop_labels=())
     assert kept.n_cells == papalexi.n_obs and "unassigned" in kept.perturbation_names
     assert "perturbation" in papalexi.obs and "artifact" not in papalexi.obs
+
+
+def test_norman_default_path_runs_scrublet_on_its_small_panel(norman):
+    """The README's call with doublets on: scrublet keeps 17 variable genes of this
+    panel, so its default 30 components do not exist; the components are fitted."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        data = PerturbationData.from_anndata(norman, "perturbation", "control")
+        assert torch.get_num_threads() == 1  # no global state changed in the caller
+    finally:
+        torch.set_num_threads(threads)
+    assert data.qc_thresholds.doublet_column == "predicted_doublet"
+    # transcriptome-wide covariates found in obs are preferred over panel sums
+    assert data.qc_thresholds.rules["low_total_counts"].column == "total_counts_transcriptome"
+    assert data.qc_thresholds.rules["low_n_genes"].column == "n_genes_transcriptome"
+    assert 0.0 < data.artifact.mean() < 0.2

@@ -32,7 +32,7 @@ def test_trained_models_recover_true_treatment_effects(screen, runs):
     conds = list(truth["ate_conditions"])
     scores = {}
     for kind, run in fitted.items():
-        ate = model_ate(run.model, run.guide, data, conds, n_cells=400)
+        ate = model_ate(run.model, run.guide, data, conds, num_draws=40, n_cells=100)
         scores[kind] = np.mean([np.corrcoef(ate.loc[c], truth["ate"][i])[0, 1]
                                 for i, c in enumerate(conds)])
     print(f"ATE Pearson r vs truth: {scores}")

@@ -1,0 +1,63 @@
+"""Posterior intervals on ATEs, how sample_cells draws globals, model selection for effects."""
+
+import numpy as np
+import pytest
+
+from cradle_pyro import ModelConfig, PerturbationData, simulate_screen
+from inference import TrainConfig, fit
+from inference.effects import posterior_ate, sample_cells
+
+
+@pytest.fixture(scope="module")
+def run():
+    adata = simulate_screen(n_cells=800, n_genes=60, n_singles=4, n_combinations=2, seed=2)
+    data = PerturbationData.from_anndata(adata, doublets=False, seed=2)
+    return fit(data, TrainConfig(epochs=4, progress=False, seed=2),
+               ModelConfig(latent_dim=4, hidden_dim=32))
+
+
+def test_posterior_ate_has_ordered_intervals_and_sign_probabilities(run):
+    post = posterior_ate(run.model, run.guide, run.data, ["P0", "P1+P2"] if "P1+P2" in
+                         run.data.condition_names else ["P0", "P1"], num_draws=30, n_cells=40)
+    assert post.draws.shape == (2, 30, run.data.n_genes)
+    lo, m, up = post.lower.to_numpy(), post.mean.to_numpy(), post.upper.to_numpy()
+    assert (lo <= m + 1e-9).all() and (m <= up + 1e-9).all() and (up > lo).any()
+    total = post.prob_increase.to_numpy() + post.prob_decrease.to_numpy()
+    assert ((total > 0.7) & (total <= 1.0)).all()
+    long = post.to_long()
+    assert len(long) == 2 * run.data.n_genes and long["interval"].eq(0.9).all()
+    # same seed, same numbers; another seed moves the mean only a little
+    again = posterior_ate(run.model, run.guide, run.data, list(post.perturbations), num_draws=30,
+                          n_cells=40)
+    np.testing.assert_allclose(again.draws, post.draws)
+    other = posterior_ate(run.model, run.guide, run.data, list(post.perturbations), num_draws=30,
+                          n_cells=40, seed=1)
+    assert np.corrcoef(other.mean.to_numpy().ravel(), m.ravel())[0, 1] > 0.6
+
+
+def test_control_against_itself_is_exactly_zero(run):
+    post = posterior_ate(run.model, run.guide, run.data, [run.data.control_label], num_draws=5,
+                         n_cells=10)
+    assert np.abs(post.draws).max() == 0
+
+
+def test_sample_cells_draws_globals_per_cell_or_once(run):
+    per_cell = sample_cells(run.model, run.guide, run.data, "P0", n=40, seed=3)
+    one = sample_cells(run.model, run.guide, run.data, "P0", n=40, seed=3, globals="one-draw")
+    assert per_cell.shape == one.shape == (40, run.data.n_genes)
+    assert not np.array_equal(per_cell.X.toarray(), one.X.toarray())
+    with pytest.raises(ValueError, match="globals"):
+        sample_cells(run.model, run.guide, run.data, "P0", n=4, globals="some")
+
+
+def test_selection_criteria_keep_the_state_they_promise(run):
+    data = run.data
+    last = fit(data, TrainConfig(epochs=3, select="last", progress=False))
+    assert last.best_epoch == 2
+    ate = fit(data, TrainConfig(epochs=3, select="ate", warmup=1, progress=False))
+    assert "val_ate_error" in ate.history and np.isfinite(ate.history["val_ate_error"]).all()
+    assert ate.best_epoch >= 1  # nothing kept during warm-up
+    assert ate.best_epoch == 1 + int(np.argmin(ate.history["val_ate_error"].to_numpy()[1:]))
+    from cradle_pyro.errors import CradleInputError
+    with pytest.raises(CradleInputError, match="select"):
+        fit(data, TrainConfig(epochs=1, select="best", progress=False))
