@@ -24,9 +24,22 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from .errors import CradleInputError
+from .validation import check_fields
 
 MODELS = ("cradle", "sams", "cpa", "cvae", "svae+")
 LIKELIHOODS = ("nb", "poisson", "zinb")
+
+
+# field -> (kind, low, high[, options]) checked on construction
+_RULES = {
+    "latent_dim": ("int", 1, None),
+    "hidden_dim": ("int", 1, None),
+    "n_layers": ("int", 1, None),
+    "effect_scale": ("float", 0, None, {"low_open": True}),
+    "mask_prob": ("float", 0, 1, {"low_open": True, "high_open": True}),
+    "target_effects": ("bool", None, None),
+    "target_effect_scale": ("float", 0, None, {"low_open": True}),
+}
 
 
 @dataclass
@@ -79,6 +92,7 @@ class ModelConfig:
     priors: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        check_fields(vars(self), _RULES, "ModelConfig")
         if self.model not in MODELS:
             raise CradleInputError(f"model={self.model!r}; choose one of {list(MODELS)}")
         if self.likelihood not in LIKELIHOODS:

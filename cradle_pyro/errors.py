@@ -7,3 +7,7 @@ how to fix it; the command line prints them as one line.
 
 class CradleInputError(ValueError):
     """Input data or arguments the library cannot use as given."""
+
+
+class TrainingDiverged(CradleInputError):
+    """Training met a numerical fault it could not recover from (nothing was saved)."""

@@ -72,6 +72,21 @@ TRAIN_OPTIONS = {
     "beta": ("train", float, 1.0, "weight of CRADLE's counterfactual alignment term"),
     "num_particles": ("train", int, 5, "vectorised ELBO particles"),
     "patience": ("train", int, 15, "early-stopping patience in epochs"),
+    "select": ("train", str, "elbo", "which state to keep: ate (validation ATE error on seen "
+               "conditions), elbo (validation -ELBO) or last"),
+    "warmup": ("train", int, 0, "epochs before any state is kept or patience counts"),
+    "independence": ("train", float, 0.0, "weight of the basal-leakage penalty"),
+    "alignment_weighting": ("train", str, "per-cell", "per-cell or published (beta times the "
+                            "batch size, the published CRADLE loss)"),
+    "weight_decay": ("train", float, 1e-5, "AdamW weight decay"),
+    "clip_norm": ("train", float, 10.0, "gradient-norm clipping"),
+    "class_balance": ("train", float, None, "share of likelihood weight on artifact cells "
+                      "(off by default)"),
+    "n_layers": ("model", int, 1, "hidden layers of the encoder/decoder MLPs"),
+    "effect_scale": ("model", float, 1.0, "scale of the effect prior"),
+    "mask_prob": ("model", float, 0.1, "prior probability that a perturbation moves a latent dim"),
+    "target_effect_scale": ("model", float, 2.0, "prior scale of the direct effect on a "
+                            "perturbation's own target gene (natural log)"),
     "guide": ("train", str, "correlated", "correlated or mean-field"),
     "device": ("train", str, "cpu", "cpu or cuda"),
     "seed": ("train", int, 0, "random seed (same seed, same numbers on CPU)"),
@@ -112,7 +127,16 @@ def resolve_train_options(args) -> dict:
         path = Path(args.config)
         if not path.exists():
             raise CradleInputError(f"config file {str(path)!r} not found")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise CradleInputError(f"{path.name} is not valid YAML ({first}); "
+                                   "write one `key: value` per line") from None
+        if not isinstance(loaded, dict):
+            raise CradleInputError(f"{path.name} must hold `key: value` pairs, not a "
+                                   f"{type(loaded).__name__}")
+        _check_yaml_types(loaded, path.name)
         unknown = set(loaded) - set(opts) - {"perturbation_key", "control"}
         if unknown:
             raise CradleInputError(f"unknown keys in {path.name}: {sorted(unknown)}; "
@@ -126,6 +150,25 @@ def resolve_train_options(args) -> dict:
     opts["perturbation_key"] = args.perturbation_key or opts.get("perturbation_key") or "perturbation"
     opts["control"] = args.control or opts.get("control") or "control"
     return opts
+
+
+def _check_yaml_types(loaded: dict, name: str):
+    """YAML values have the option's type (a quoted "false" is a string, not a boolean)."""
+    from cradle_pyro.validation import check_value
+
+    kinds = {bool: "bool", int: "int", float: "float"}
+    for key, value in loaded.items():
+        spec = TRAIN_OPTIONS.get(key)
+        if spec is None or value is None:
+            continue
+        typ = spec[1]
+        if typ in kinds:
+            check_value(key, value, kinds[typ], owner=name)
+        elif typ is str and not isinstance(value, str):
+            raise CradleInputError(f"{name}: {key}={value!r} must be text")
+    if "qc_columns" in loaded and not isinstance(loaded["qc_columns"], dict):
+        raise CradleInputError(f"{name}: qc_columns must map criteria to obs columns, "
+                               "e.g. {low_total_counts: total_counts_transcriptome}")
 
 
 def configs_from_options(opts):
@@ -152,17 +195,21 @@ def cmd_qc(args):
 
 
 def cmd_train(args):
-    from .run_io import save_run, train_from_file
+    from .run_io import RunFolderLock, check_output_folder, save_run, train_from_file
 
     opts = resolve_train_options(args)
     mc, tc = configs_from_options(opts)
     data_args = _data_args(opts, opts["perturbation_key"], opts["control"])
-    out = Path(args.out)
-    run = train_from_file(args.input, tc, mc, checkpoint_dir=out / "checkpoints",
-                          resume=args.resume, **data_args)
-    save_run(run, out)
-    (out / "resolved_config.yaml").write_text(yaml.safe_dump(
-        {k: v for k, v in opts.items()}, sort_keys=True))
+    out = check_output_folder(args.out, overwrite=args.overwrite, resume=args.resume)
+    with RunFolderLock(out):
+        if args.overwrite and not args.resume and (out / "checkpoints").exists():
+            import shutil
+
+            shutil.rmtree(out / "checkpoints")  # a fresh training: no stale checkpoint
+        run = train_from_file(args.input, tc, mc, checkpoint_dir=out / "checkpoints",
+                              resume=args.resume, **data_args)
+        save_run(run, out, overwrite=True, extra_files={
+            "resolved_config.yaml": yaml.safe_dump({k: v for k, v in opts.items()}, sort_keys=True)})
     h = run.history
     print(f"trained {mc.model} for {len(h)} epochs (best {run.best_epoch}); "
           f"best validation -ELBO per cell {h['val_loss'].min():.2f}; run saved in {out}")
@@ -174,6 +221,9 @@ def cmd_effects(args):
 
     run = load_run(args.run, device=args.device)
     perts = [p.strip() for p in args.perturbations.split(",") if p.strip()]
+    if not perts:
+        raise CradleInputError(f"--perturbations {args.perturbations!r} names no condition; "
+                               'give comma-separated labels, e.g. "A+B,C"')
     post = posterior_ate(run.model, run.guide, run.data, perts, num_draws=args.num_draws,
                          n_cells=args.n_cells, seed=args.seed, interval=args.interval)
     ate = post.mean
@@ -279,20 +329,52 @@ def cmd_demo(args):
 
 # ------------------------------------------------------------------ parser
 def _read(path):
-    import anndata as ad
+    from .run_io import read_anndata
 
-    if not Path(path).exists():
-        raise CradleInputError(f"AnnData file {str(path)!r} not found")
-    return ad.read_h5ad(path)
+    return read_anndata(path)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit status 2), like the library's own."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _number(kind, low=None, low_open=False, high=None, high_open=False):
+    """An argparse type that range-checks, with the library's wording."""
+    from cradle_pyro.validation import check_value
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        try:
+            check_value("value", value, kind.__name__, low, high, low_open=low_open,
+                        high_open=high_open)
+        except CradleInputError as err:
+            raise argparse.ArgumentTypeError(str(err).replace("value=", "")) from None
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+POSITIVE_INT = _number(int, 1)
+SEED = _number(int, 0)
+POSITIVE = _number(float, 0, low_open=True)
+MASS = _number(float, 0, low_open=True, high=1, high_open=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cradle-pyro",
         description="Causal generative modelling of single-cell perturbation screens "
                     "(CRADLE-VAE in Pyro). Start with `cradle-pyro demo`.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                parser_class=_Parser)
 
     def add(name, help_text):
         p = sub.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES[name],
@@ -301,22 +383,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("demo", "simulate a screen with artifacts, train cradle and sams, write a report")
     p.add_argument("--out", default="cradle_demo", help="output folder (default: cradle_demo)")
-    p.add_argument("--epochs", type=int, default=25, help="training epochs per model (default 25)")
-    p.add_argument("--cells", type=int, default=3000, help="simulated cells (default 3000)")
-    p.add_argument("--genes", type=int, default=500, help="simulated genes (default 500)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=POSITIVE_INT, default=40,
+                   help="training epochs per model (default 40, short for a demo)")
+    p.add_argument("--cells", type=POSITIVE_INT, default=3000, help="simulated cells (default 3000)")
+    p.add_argument("--genes", type=POSITIVE_INT, default=500, help="simulated genes (default 500)")
+    p.add_argument("--seed", type=SEED, default=0)
     p.set_defaults(func=cmd_demo)
 
     p = add("qc", "label artifact cells by k·MAD QC rules and scrublet; print the thresholds")
     p.add_argument("input", help="input .h5ad with raw counts")
     p.add_argument("--out", required=True, help="output .h5ad (obs gains qc_* and artifact)")
-    p.add_argument("--k", type=float, default=3.0, help="MADs beyond the median (default 3)")
+    p.add_argument("--k", type=POSITIVE, default=3.0, help="MADs beyond the median (default 3)")
     p.add_argument("--column", action="append", metavar="CRITERION=OBS_COLUMN",
                    help="use an obs column for a criterion, e.g. low_total_counts=total_counts_transcriptome")
     p.add_argument("--no-doublets", action="store_true", help="skip scrublet")
     p.add_argument("--per-criterion", action="store_true", help="one artifact kind per criterion")
     p.add_argument("--layer", default=None, help="layer with raw counts (default X)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.set_defaults(func=cmd_qc)
 
     p = add("train", "train a model on an AnnData screen and save the run folder")
@@ -328,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qc-column", action="append", metavar="CRITERION=OBS_COLUMN",
                    help="QC criterion on an obs column (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (nothing of it is kept)")
     for key, (_, typ, default, help_text) in TRAIN_OPTIONS.items():
         flag = "--" + key.replace("_", "-")
         if typ is bool:
@@ -340,17 +425,17 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(name, help_text)
         p.add_argument("run", help="run folder written by `cradle-pyro train`")
         p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-        p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        p.add_argument("--seed", type=SEED, default=0, help="random seed (default 0)")
         return p
 
     p = run_cmd("effects", "average treatment effects (perturbations × genes) from generated clean cells")
     p.add_argument("--perturbations", required=True, help='comma-separated, e.g. "A+B,C"')
     p.add_argument("--out", required=True, help="output CSV")
-    p.add_argument("--num-draws", type=int, default=100,
+    p.add_argument("--num-draws", type=POSITIVE_INT, default=100,
                    help="posterior draws of the effects (default 100)")
-    p.add_argument("--n-cells", type=int, default=200,
+    p.add_argument("--n-cells", type=POSITIVE_INT, default=200,
                    help="generated clean cells per draw and condition (default 200)")
-    p.add_argument("--interval", type=float, default=0.9,
+    p.add_argument("--interval", type=MASS, default=0.9,
                    help="mass of the credible interval (default 0.9: 5%% and 95%% quantiles)")
     p.add_argument("--wide", action="store_true",
                    help="write posterior means only, perturbations × genes")
@@ -358,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = run_cmd("sample", "generate new cells under do(dosage=..., artifact=...)")
     p.add_argument("--perturbation", required=True, help='condition, e.g. "A+B" or control')
-    p.add_argument("--n", type=int, default=200, help="number of cells")
+    p.add_argument("--n", type=POSITIVE_INT, default=200, help="number of cells")
     p.add_argument("--artifact", default="clean", help="clean, artifact, or an artifact kind")
     p.add_argument("--out", required=True, help="output .h5ad")
     p.set_defaults(func=cmd_sample)
@@ -366,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = run_cmd("counterfactual", "what these cells would look like under an intervention")
     p.add_argument("input", help=".h5ad with the cells (same genes as the run)")
     p.add_argument("--do", action="append", metavar="SITE=VALUE", help="artifact=clean, dosage=B, ...")
-    p.add_argument("--num-samples", type=int, default=4, help="posterior draws averaged")
+    p.add_argument("--num-samples", type=POSITIVE_INT, default=4,
+                   help="posterior draws averaged (two or more add credible intervals)")
     p.add_argument("--out", required=True, help="output .h5ad")
     p.set_defaults(func=cmd_counterfactual)
 
@@ -374,24 +460,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--compare", action="append", help="other run folders to evaluate beside it")
     p.add_argument("--split", default="test", help="which cells to evaluate on (default test)")
-    p.add_argument("--num-draws", type=int, default=100,
+    p.add_argument("--num-draws", type=POSITIVE_INT, default=100,
                    help="posterior draws of the effects (default 100)")
-    p.add_argument("--n-cells", type=int, default=200,
+    p.add_argument("--n-cells", type=POSITIVE_INT, default=200,
                    help="generated clean cells per draw and condition (default 200)")
     p.set_defaults(func=cmd_evaluate)
 
     p = run_cmd("diagnose", "ArviZ posterior diagnostics: netCDF, summary, PSIS k-hat, plots")
     p.add_argument("--out", required=True, help="output .nc (plots and tables beside it)")
-    p.add_argument("--n-cells", type=int, default=200, help="cells in the predictive check")
-    p.add_argument("--draws", type=int, default=100, help="posterior draws")
+    p.add_argument("--n-cells", type=POSITIVE_INT, default=200, help="cells in the predictive check")
+    p.add_argument("--draws", type=POSITIVE_INT, default=100, help="posterior draws")
     p.set_defaults(func=cmd_diagnose)
     return parser
+
+
+FILE_OUTPUTS = ("qc", "effects", "sample", "counterfactual", "diagnose")
+
+
+def _check_output_file(path):
+    """An output file must go into an existing folder and not onto a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise CradleInputError(f"--out {str(path)!r} is a folder; give a file name")
+    if not path.parent.exists():
+        raise CradleInputError(f"the folder {str(path.parent)!r} for --out does not exist; "
+                               "create it first")
 
 
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command in FILE_OUTPUTS:
+            _check_output_file(args.out)
         args.func(args)
     except (CradleInputError, FileNotFoundError) as err:
         print(f"cradle-pyro {args.command}: error: {err}", file=sys.stderr)

@@ -55,7 +55,7 @@ def _predict(model_fn, guide_trace, kwargs):
 
 def counterfactual(model, guide, data, *, artifact=None, dosage=None, split=None,
                    num_samples: int = 1, batch_size: int = 512, seed: int = 0,
-                   device=None) -> ad.AnnData:
+                   device=None, interval: float = 0.9) -> ad.AnnData:
     """Counterfactual predictions for the cells of ``data`` (a split or all).
 
     Parameters
@@ -64,7 +64,10 @@ def counterfactual(model, guide, data, *, artifact=None, dosage=None, split=None
         The intervention (see :func:`inference.interventions.intervene`);
         e.g. ``artifact="clean"`` or ``dosage="B"``.
     num_samples
-        Posterior draws averaged into the expected counts.
+        Posterior draws (of the globals and the cell's basal state) averaged
+        into the expected counts; with two or more, credible intervals too.
+    interval
+        Mass of the central credible intervals.
 
     Returns
     -------
@@ -73,26 +76,39 @@ def counterfactual(model, guide, data, *, artifact=None, dosage=None, split=None
         ``layers["expected"]`` expected counterfactual counts,
         ``layers["factual"]`` and ``layers["factual_expected"]`` the same
         without intervention; obs carries the observed condition and artifact
-        state and the intervention.
+        state and the intervention. With ``num_samples >= 2`` also
+        ``layers["expected_lower"]`` / ``["expected_upper"]`` (interval of the
+        expected counterfactual counts) and ``layers["effect_lower"]`` /
+        ``["effect_upper"]`` (interval of the individual effect, expected
+        counterfactual minus expected factual counts, under the same draw).
     """
     device = device or model.device
     names = _names(data)
     model_do = intervene(model, dosage=dosage, artifact=artifact, **names)
     pyro.set_rng_seed(seed)
-    out = {k: [] for k in ("cf", "cf_mean", "fa", "fa_mean")}
+    keys = ["cf", "cf_mean", "fa", "fa_mean"]
+    if num_samples >= 2:
+        keys += ["cf_lower", "cf_upper", "effect_lower", "effect_upper"]
+    q = torch.tensor([(1 - interval) / 2, (1 + interval) / 2])
+    out = {k: [] for k in keys}
     idx_all = []
     with torch.no_grad():
         for batch in data.batches(split, batch_size=batch_size, shuffle=False, device=device):
             kwargs = batch.model_kwargs()
-            acc = {k: 0.0 for k in out}
+            draws_cf, draws_fa, acc = [], [], {}
             for s in range(num_samples):
                 gtr = poutine.trace(guide).get_trace(**dict(kwargs, reference=None))
                 mean_cf, x_cf = _predict(model_do, gtr, kwargs)
                 mean_fa, x_fa = _predict(model, gtr, kwargs)
-                acc["cf_mean"] = acc["cf_mean"] + mean_cf / num_samples
-                acc["fa_mean"] = acc["fa_mean"] + mean_fa / num_samples
+                draws_cf.append(mean_cf.reshape(batch.size, -1))
+                draws_fa.append(mean_fa.reshape(batch.size, -1))
                 if s == 0:
                     acc["cf"], acc["fa"] = x_cf, x_fa
+            cf, fa = torch.stack(draws_cf), torch.stack(draws_fa)
+            acc["cf_mean"], acc["fa_mean"] = cf.mean(0), fa.mean(0)
+            if num_samples >= 2:
+                acc["cf_lower"], acc["cf_upper"] = torch.quantile(cf, q.to(cf), dim=0)
+                acc["effect_lower"], acc["effect_upper"] = torch.quantile(cf - fa, q.to(cf), dim=0)
             for k in out:
                 out[k].append(acc[k].reshape(batch.size, -1).cpu().numpy())
             idx_all.append(batch.cell_index.cpu().numpy())
@@ -105,10 +121,14 @@ def counterfactual(model, guide, data, *, artifact=None, dosage=None, split=None
         "do_dosage": "" if dosage is None else str(dosage),
     }, index=[data.obs_names[i] for i in idx])
     stack = {k: np.concatenate(v).astype(np.float32) for k, v in out.items()}
-    return ad.AnnData(
-        X=sp.csr_matrix(stack["cf"]), obs=obs, var=pd.DataFrame(index=data.gene_names),
-        layers={"expected": stack["cf_mean"], "factual": sp.csr_matrix(stack["fa"]),
-                "factual_expected": stack["fa_mean"]})
+    layers = {"expected": stack["cf_mean"], "factual": sp.csr_matrix(stack["fa"]),
+              "factual_expected": stack["fa_mean"]}
+    if num_samples >= 2:
+        layers.update(expected_lower=stack["cf_lower"], expected_upper=stack["cf_upper"],
+                      effect_lower=stack["effect_lower"], effect_upper=stack["effect_upper"])
+    return ad.AnnData(X=sp.csr_matrix(stack["cf"]), obs=obs,
+                      var=pd.DataFrame(index=data.gene_names), layers=layers,
+                      uns={"interval": interval, "num_samples": num_samples})
 
 
 def artifact_log_likelihood_ratio(model, guide, data, split=None, batch_size=512,

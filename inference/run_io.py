@@ -12,8 +12,18 @@
 
 Loading never unpickles arbitrary objects. The data are rebuilt from the
 AnnData file named in ``config.json`` (or one passed in) with the saved splits
-and artifact labels, so a loaded run sees exactly the cells it was trained on.
-Files are written to a temporary name, then renamed.
+and artifact labels, so a loaded run sees exactly the cells it was trained on;
+``config.json`` holds a fingerprint of the training data (shape, gene, cell and
+condition names, a checksum of the counts) and loading refuses an AnnData
+whose training cells do not match it, naming what changed.
+
+Saving is atomic per folder: the run is written to a temporary sibling
+(``.RUN.tmp-*``), the old folder (if any) is moved aside and the new one
+renamed into place, so the folder is always either the old run or the new one
+(an interruption between the two renames leaves the old run aside, and the
+next save or load puts it back). A folder holding a run is replaced only with
+``overwrite=True``; nothing of the old run survives the replacement; a lock
+file (``.RUN.lock``) refuses a second writer while a training writes.
 
 Example
 -------
@@ -30,13 +40,17 @@ Example
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import uuid
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 
 from cradle_pyro.config import ModelConfig
@@ -46,7 +60,7 @@ from cradle_pyro.guides import make_guide
 from cradle_pyro.model import CradleModel
 from cradle_pyro.qc import QCThresholds
 
-from .train import TrainConfig, TrainedRun, atomic_save, fit
+from .train import TrainConfig, TrainedRun, atomic_save, fit, load_tensors
 
 SPLIT_COLUMN = "cradle_split"
 ARTIFACT_PREFIX = "cradle_artifact_"
@@ -58,31 +72,209 @@ def _write_text(path: Path, text: str):
     os.replace(tmp, path)
 
 
-def load_data(path, data_args: dict) -> PerturbationData:
-    """Read an AnnData file into PerturbationData (clear error if it is missing)."""
+def read_anndata(path) -> ad.AnnData:
+    """``anndata.read_h5ad`` with one clear error for a missing, foreign or truncated file."""
     path = Path(path)
     if not path.exists():
         raise CradleInputError(f"AnnData file {str(path)!r} not found")
-    return PerturbationData.from_anndata(ad.read_h5ad(path), **data_args)
+    if path.is_dir():
+        raise CradleInputError(f"{str(path)!r} is a folder; give an .h5ad file")
+    try:
+        return ad.read_h5ad(path)
+    except Exception as err:  # h5py / anndata raise many kinds for foreign or cut files
+        reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise CradleInputError(f"cannot read {str(path)!r} as AnnData (.h5ad): {reason}; "
+                               "is it an .h5ad file written completely?") from None
+
+
+def load_data(path, data_args: dict) -> PerturbationData:
+    """Read an AnnData file into PerturbationData (clear error if it is missing)."""
+    return PerturbationData.from_anndata(read_anndata(path), **data_args)
+
+
+def data_fingerprint(adata: ad.AnnData, obs_names=None, perturbation_key=None, layer=None) -> dict:
+    """What identifies the training data: shape, names, a checksum of the counts.
+
+    ``obs_names`` restricts to the training cells (in that order).
+    """
+    if obs_names is not None:
+        adata = adata[pd.Index(obs_names)]
+    X = adata.X if layer is None else adata.layers[layer]
+    X = sp.csr_matrix(X)
+    X.sort_indices()
+    counts = hashlib.sha1()
+    for part in (X.indptr.astype(np.int64), X.indices.astype(np.int64),
+                 np.asarray(X.data, dtype=np.float64)):
+        counts.update(np.ascontiguousarray(part).tobytes())
+    fp = {"shape": [int(adata.n_obs), int(adata.n_vars)],
+          "genes": _digest(adata.var_names), "cells": _digest(adata.obs_names),
+          "counts": counts.hexdigest()}
+    if perturbation_key is not None and perturbation_key in adata.obs:
+        fp["conditions"] = _digest(adata.obs[perturbation_key].astype(str))
+    return fp
+
+
+def _digest(values) -> str:
+    return hashlib.sha1("\x1f".join(map(str, values)).encode()).hexdigest()
+
+
+_FINGERPRINT_WORDS = {"shape": "the number of cells or genes", "genes": "the gene names or their order",
+                      "cells": "the cell names or their order", "counts": "the counts",
+                      "conditions": "the perturbation labels"}
+
+
+def check_fingerprint(saved: dict, adata: ad.AnnData, obs_names, perturbation_key, layer, source):
+    """Refuse training data that differ from what the run was trained on."""
+    now = data_fingerprint(adata, obs_names, perturbation_key, layer)
+    changed = [k for k in saved if k in now and saved[k] != now[k]]
+    if changed:
+        raise CradleInputError(
+            f"{source} is not the data this run was trained on: "
+            f"{', '.join(_FINGERPRINT_WORDS.get(k, k) for k in changed)} changed; "
+            "pass the original training AnnData (load_run(run, adata=...)) or retrain")
 
 
 def train_from_file(path, train_config=None, model_config=None, checkpoint_dir=None,
                     resume=False, **data_args) -> TrainedRun:
     """Load ``path`` into PerturbationData with ``data_args`` and :func:`fit` it."""
-    data = load_data(path, data_args)
+    adata = read_anndata(path)
+    data = PerturbationData.from_anndata(adata, **data_args)
     run = fit(data, train_config, model_config, checkpoint_dir=checkpoint_dir, resume=resume)
-    run.data_source = {"path": str(Path(path).resolve()), "args": data_args}
+    run.data_source = {"path": str(Path(path).resolve()), "args": data_args,
+                       "fingerprint": data_fingerprint(adata, data.obs_names,
+                                                       data_args.get("perturbation_key", "perturbation"),
+                                                       data_args.get("layer"))}
     return run
 
 
-def save_run(run: TrainedRun, path) -> Path:
-    """Write ``run`` as a folder (see module docstring)."""
+class RunFolderLock:
+    """An exclusive lock on a run folder (``.RUN.lock`` beside it), stale locks reclaimed."""
+
+    def __init__(self, path):
+        path = Path(path)
+        self.file = path.parent / f".{path.name}.lock"
+
+    def __enter__(self):
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if self._holder_alive():
+                    raise CradleInputError(
+                        f"another process (pid {self.file.read_text().strip()}) is writing "
+                        f"{str(self.file.parent / self.file.name[1:-5])!r}; wait for it or "
+                        "choose another --out") from None
+                self.file.unlink(missing_ok=True)  # stale: its writer is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            return self
+        raise CradleInputError(f"cannot take the lock {str(self.file)!r}")
+
+    def _holder_alive(self) -> bool:
+        try:
+            pid = int(self.file.read_text().strip())
+        except (OSError, ValueError):
+            return False
+        if pid == os.getpid():
+            return True
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def __exit__(self, *exc):
+        self.file.unlink(missing_ok=True)
+
+
+def recover_run_folder(path) -> None:
+    """Put back a run that an interrupted save left aside (``.RUN.old-*``)."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        for old in path.parent.glob(f".{path.name}.old-*"):
+            shutil.rmtree(old, ignore_errors=True)
+        return
+    olds = sorted(path.parent.glob(f".{path.name}.old-*"))
+    if olds:
+        os.rename(olds[-1], path)
+
+
+def check_output_folder(path, overwrite: bool = False, resume: bool = False) -> Path:
+    """Where a run may be written: refuse files, foreign folders and other runs."""
+    path = Path(path)
+    recover_run_folder(path)
+    if path.exists() and not path.is_dir():
+        raise CradleInputError(f"--out {str(path)!r} is a file; give a folder for the run")
+    if not path.parent.exists():
+        raise CradleInputError(f"the folder {str(path.parent)!r} for --out does not exist; "
+                               "create it first")
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        if (path / "config.json").exists() and not resume:
+            raise CradleInputError(f"{str(path)!r} holds a trained run; pass --overwrite "
+                                   "(overwrite=True) to replace it or choose another --out")
+        interrupted = (path / "checkpoints").exists() and not (path / "config.json").exists()
+        if interrupted and not resume:
+            raise CradleInputError(f"{str(path)!r} holds an interrupted training; pass --resume "
+                                   "to continue it or --overwrite to start over")
+        foreign = [p.name for p in path.iterdir() if p.name not in RUN_FILES]
+        if foreign:
+            raise CradleInputError(f"{str(path)!r} holds other files ({foreign[:3]}); "
+                                   "choose an empty or new folder for the run")
+    return path
+
+
+RUN_FILES = ("config.json", "model.pt", "guide.pt", "history.csv", "qc_thresholds.json",
+             "names.json", "cells.csv", "checkpoints", "resolved_config.yaml")
+
+
+def save_run(run: TrainedRun, path, overwrite: bool = False, extra_files: dict | None = None) -> Path:
+    """Write ``run`` as a folder, atomically (see module docstring).
+
+    ``extra_files`` maps file names to text written into the folder with it.
+    A ``checkpoints/`` folder inside ``path`` (from this training) is kept.
+    """
+    path = Path(path)
+    recover_run_folder(path)
+    if path.exists() and (path / "config.json").exists() and not overwrite:
+        raise CradleInputError(f"{str(path)!r} holds a trained run; pass overwrite=True to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = path.parent / f".{path.name}.tmp-{tag}"
+    tmp.mkdir()
+    try:
+        _write_run(run, tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        if (path / "checkpoints").is_dir():
+            shutil.copytree(path / "checkpoints", tmp / "checkpoints")
+        _fsync_dir(tmp)
+        old = path.parent / f".{path.name}.old-{tag}"
+        if path.exists():
+            os.rename(path, old)
+        os.rename(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _fsync_dir(folder: Path):
+    for f in folder.iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def _write_run(run: TrainedRun, path: Path):
     data = run.data
     source = run.data_source or {"path": None, "args": {}}
     config = {"model": run.model_config.to_dict(), "train": run.train_config.to_dict(),
               "data": {"path": source["path"], "args": _jsonable(source["args"]),
+                       "fingerprint": source.get("fingerprint"),
                        "control_label": data.control_label, "separator": data.separator},
               "best_epoch": int(run.best_epoch), "guide": run.train_config.guide}
     _write_text(path / "config.json", json.dumps(config, indent=2))
@@ -98,7 +290,6 @@ def save_run(run: TrainedRun, path) -> Path:
                          columns=[ARTIFACT_PREFIX + a for a in data.artifact_names])
     cells.insert(0, SPLIT_COLUMN, data.split)
     cells.to_csv(path / "cells.csv")
-    return path
 
 
 def _jsonable(d: dict) -> dict:
@@ -109,17 +300,24 @@ def rebuild_data(run_dir, adata: ad.AnnData | None = None) -> PerturbationData:
     """The run's PerturbationData, with the saved splits and artifact labels."""
     run_dir = Path(run_dir)
     config = json.loads((run_dir / "config.json").read_text())
+    source = "the AnnData given"
     if adata is None:
         src = config["data"]["path"]
         if src is None or not Path(src).exists():
             raise CradleInputError(
                 f"the run's training file {src!r} is not available; pass the AnnData it was trained on")
-        adata = ad.read_h5ad(src)
+        adata = read_anndata(src)
+        source = f"the training file {src!r}"
     cells = pd.read_csv(run_dir / "cells.csv", index_col=0)
     missing = cells.index.difference(adata.obs_names.astype(str))
     if len(missing):
         raise CradleInputError(
-            f"{len(missing)} training cells (e.g. {list(missing[:3])}) are not in the AnnData given")
+            f"{len(missing)} training cells (e.g. {list(missing[:3])}) are not in {source}")
+    fingerprint = config["data"].get("fingerprint")
+    if fingerprint:
+        args = config["data"]["args"]
+        check_fingerprint(fingerprint, adata, cells.index, args.get("perturbation_key", "perturbation"),
+                          args.get("layer"), source)
     view = adata[cells.index].copy()
     for col in cells.columns:
         view.obs[col] = cells[col].to_numpy()
@@ -138,6 +336,7 @@ def rebuild_data(run_dir, adata: ad.AnnData | None = None) -> PerturbationData:
 def load_run(run_dir, adata: ad.AnnData | None = None, device="cpu") -> TrainedRun:
     """Load a run folder written by :func:`save_run` (tensors only, ``weights_only=True``)."""
     run_dir = Path(run_dir)
+    recover_run_folder(run_dir)
     if not (run_dir / "config.json").exists():
         raise CradleInputError(f"{str(run_dir)!r} is not a run folder (no config.json)")
     config = json.loads((run_dir / "config.json").read_text())
@@ -146,14 +345,16 @@ def load_run(run_dir, adata: ad.AnnData | None = None, device="cpu") -> TrainedR
     tc = TrainConfig(**config["train"])
     model = CradleModel.from_data(data, mc)
     guide = make_guide(config["guide"], model, data.gene_mean, data.gene_std)
-    model.load_state_dict(torch.load(run_dir / "model.pt", map_location=device, weights_only=True))
-    guide.load_state_dict(torch.load(run_dir / "guide.pt", map_location=device, weights_only=True))
+    model.load_state_dict(load_tensors(run_dir / "model.pt", device))
+    guide.load_state_dict(load_tensors(run_dir / "guide.pt", device))
     model.to(device).eval()
     guide.to(device).eval()
     history = pd.read_csv(run_dir / "history.csv")
     run = TrainedRun(model, guide, mc, tc, history, config["best_epoch"], data)
-    run.data_source = {"path": config["data"]["path"], "args": config["data"]["args"]}
+    run.data_source = {"path": config["data"]["path"], "args": config["data"]["args"],
+                       "fingerprint": config["data"].get("fingerprint")}
     return run
+
 
 
 def cells_for_run(run: TrainedRun, adata: ad.AnnData, perturbation_key: str | None = None,

@@ -21,6 +21,7 @@ import copy
 import math
 import os
 import random
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,11 +33,13 @@ from tqdm.auto import tqdm
 
 from cradle_pyro.config import ModelConfig
 from cradle_pyro.data import PerturbationData
-from cradle_pyro.errors import CradleInputError
+from cradle_pyro.errors import CradleInputError, TrainingDiverged
 from cradle_pyro.guides import make_guide
 from cradle_pyro.model import CradleModel
 
-from .objective import CradleELBO
+from cradle_pyro.validation import check_choice, check_fields
+
+from .objective import ALIGNMENT_WEIGHTINGS, CradleELBO
 from .selection import SELECT, ValidationEffects
 
 # which history column each selection criterion minimises
@@ -55,6 +58,13 @@ class TrainConfig:
     stopping). Nothing is kept and patience does not count before ``warmup``
     epochs. ``independence`` weighs the basal-leakage penalty of
     :meth:`~inference.objective.CradleELBO.basal_leakage`.
+
+    A numerical fault (a non-finite loss, term or gradient, an invalid
+    distribution parameter, or an epoch loss :data:`EXPLOSION` times the best)
+    is caught before the step applies it: the epoch's starting state is
+    restored and, with ``on_divergence="lower-lr"``, the learning rate halved
+    and the epoch rerun (at most ``max_lr_halvings`` times); with ``"stop"``, or
+    beyond that, :class:`~cradle_pyro.errors.TrainingDiverged` is raised.
     """
 
     epochs: int = 100
@@ -65,6 +75,8 @@ class TrainConfig:
     patience: int = 15
     select: str = "elbo"
     warmup: int = 0
+    on_divergence: str = "lower-lr"
+    max_lr_halvings: int = 4
     num_particles: int = 5
     beta: float = 1.0
     independence: float = 0.0
@@ -75,8 +87,39 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
 
+    def __post_init__(self):
+        check_fields(vars(self), _TRAIN_RULES, "TrainConfig")
+        check_choice("guide", self.guide, ("correlated", "mean-field"), "TrainConfig")
+        check_choice("select", self.select, SELECT, "TrainConfig")
+        check_choice("on_divergence", self.on_divergence, ("lower-lr", "stop"), "TrainConfig")
+        if self.warmup >= self.epochs:
+            raise CradleInputError(f"TrainConfig: warmup={self.warmup} must be less than "
+                                   f"epochs={self.epochs}, or no state would be kept")
+        check_choice("alignment_weighting", self.alignment_weighting, ALIGNMENT_WEIGHTINGS,
+                     "TrainConfig")
+        if not isinstance(self.device, str):
+            raise CradleInputError(f"TrainConfig: device={self.device!r} must be a string like 'cpu'")
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+_TRAIN_RULES = {
+    "epochs": ("int", 1, None),
+    "batch_size": ("int", 1, None),
+    "lr": ("float", 0, None, {"low_open": True}),
+    "weight_decay": ("float", 0, None),
+    "clip_norm": ("float", 0, None, {"low_open": True}),
+    "patience": ("int", 1, None),
+    "warmup": ("int", 0, None),
+    "max_lr_halvings": ("int", 0, None),
+    "num_particles": ("int", 1, None),
+    "beta": ("float", 0, None),
+    "independence": ("float", 0, None),
+    "class_balance": ("float", 0, 1, {"low_open": True, "high_open": True, "optional": True}),
+    "seed": ("int", 0, None),
+    "progress": ("bool", None, None),
+}
 
 
 @dataclass
@@ -131,6 +174,18 @@ class _rng_kept:
         _set_rng_state(self._state)
 
 
+def load_tensors(path, device="cpu"):
+    """``torch.load(weights_only=True)``, refusing anything but tensors in one clear line."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise CradleInputError(f"{str(path)!r} is missing; the run folder is incomplete") from None
+    except Exception as err:  # UnpicklingError, RuntimeError of a cut file, ...
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise CradleInputError(f"refused to load {str(path)!r}: it is not a plain tensor file "
+                               f"({first})") from None
+
+
 def atomic_save(obj, path: Path):
     """torch.save to a temporary file, then rename: a killed run never leaves half a file."""
     path = Path(path)
@@ -173,6 +228,56 @@ def _parameters(model, guide):
             seen.add(id(p))
             params.append(p)
     return params
+
+
+EXPLOSION = 10.0  # an epoch's loss this many times the best epoch's counts as divergence
+
+
+class _Fault(Exception):
+    """A numerical fault in one epoch (non-finite loss or gradient, exploding loss)."""
+
+
+def _snapshot(model, guide, optimizer) -> dict:
+    return {"model": copy.deepcopy(model.state_dict()), "guide": copy.deepcopy(guide.state_dict()),
+            "optimizer": copy.deepcopy(optimizer.state_dict())}
+
+
+def _restore(snapshot, model, guide, optimizer):
+    model.load_state_dict(snapshot["model"])
+    guide.load_state_dict(snapshot["guide"])
+    optimizer.load_state_dict(snapshot["optimizer"])
+
+
+def _train_epoch(objective, model, guide, optimizer, data, tc, epoch, device, rank, world,
+                 n_train) -> dict:
+    """One pass over the training cells; a numerical fault raises before any step applies it."""
+    model.train()
+    guide.train()
+    totals = {}
+    params = _parameters(model, guide)
+    for batch in data.batches("train", tc.batch_size, seed=tc.seed * 100003 + epoch,
+                              device=device, shard=(rank, world)):
+        optimizer.zero_grad()
+        try:
+            loss = objective(model, guide, **batch.model_kwargs())
+        except ValueError as err:  # Pyro's argument validation: a parameter became NaN
+            raise _Fault(f"a distribution parameter became invalid "
+                         f"({str(err).splitlines()[0][:120]})") from None
+        if not torch.isfinite(loss):
+            bad = [k for k, v in objective.last_terms.items() if not math.isfinite(v)]
+            raise _Fault(f"non-finite objective term(s) {bad or ['loss']}")
+        loss.backward()
+        if world > 1:
+            _average_gradients(params, world)
+        norm = torch.nn.utils.clip_grad_norm_(params, tc.clip_norm)
+        if not torch.isfinite(norm):
+            bad = [n for n, p in list(model.named_parameters()) + list(guide.named_parameters())
+                   if p.grad is not None and not torch.isfinite(p.grad).all()]
+            raise _Fault(f"non-finite gradient of {bad[:3]}")
+        optimizer.step()
+        for k, v in objective.last_terms.items():
+            totals[k] = totals.get(k, 0.0) + v * batch.size * world / n_train
+    return totals
 
 
 def evaluate_loss(objective, model, guide, data, split, batch_size, device) -> dict:
@@ -240,6 +345,7 @@ def fit(
     with torch.no_grad():
         objective(model, guide, **next(data.batches("train", tc.batch_size, device=device))
                   .model_kwargs())
+    initial_loss = objective.last_terms["loss"] / len(data.indices("train"))
     optimizer = torch.optim.AdamW(_parameters(model, guide), lr=tc.lr, weight_decay=tc.weight_decay)
     rank, world = _distributed()
     if world > 1:
@@ -258,7 +364,7 @@ def fit(
     if resume:
         if ckpt_path is None or not ckpt_path.exists():
             raise CradleInputError(f"resume=True but no checkpoint at {ckpt_path}")
-        ck = torch.load(ckpt_path, map_location=device, weights_only=True)
+        ck = load_tensors(ckpt_path, device)
         model.load_state_dict(ck["model"])
         guide.load_state_dict(ck["guide"])
         optimizer.load_state_dict(ck["optimizer"])
@@ -269,26 +375,37 @@ def fit(
     if ckpt_path is not None and rank == 0:
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
 
-    bar = tqdm(range(start, tc.epochs), desc=f"train {mc.model}", disable=not tc.progress or rank > 0,
-               initial=start, total=tc.epochs)
+    bar = tqdm(total=tc.epochs, desc=f"train {mc.model}", disable=not tc.progress or rank > 0,
+               initial=start)
     n_train = len(data.indices("train"))
-    for epoch in bar:
-        model.train()
-        guide.train()
-        totals = {}
-        for batch in data.batches("train", tc.batch_size, seed=tc.seed * 100003 + epoch,
-                                  device=device, shard=(rank, world)):
-            optimizer.zero_grad()
-            loss = objective(model, guide, **batch.model_kwargs())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at epoch {epoch}: {objective.last_terms}")
-            loss.backward()
-            if world > 1:
-                _average_gradients(_parameters(model, guide), world)
-            torch.nn.utils.clip_grad_norm_(_parameters(model, guide), tc.clip_norm)
-            optimizer.step()
-            for k, v in objective.last_terms.items():
-                totals[k] = totals.get(k, 0.0) + v * batch.size * world / n_train
+    # the reference for an exploding loss: the untrained model's, or the best epoch's
+    best_train = min([initial_loss] + [h["loss"] for h in history])
+    epoch, halvings = start, 0
+    while epoch < tc.epochs:
+        snapshot = _snapshot(model, guide, optimizer)
+        try:
+            totals = _train_epoch(objective, model, guide, optimizer, data, tc, epoch, device,
+                                  rank, world, n_train)
+            mean_loss = totals.get("loss", 0.0) / n_train
+            if not math.isfinite(mean_loss) or (
+                    abs(mean_loss) > EXPLOSION * max(abs(best_train), 1.0)):
+                raise _Fault(f"the loss per cell jumped to {mean_loss:.3g} "
+                             f"(reference: {best_train:.3g}, the untrained model or the best epoch)")
+        except _Fault as fault:
+            _restore(snapshot, model, guide, optimizer)
+            halvings += 1
+            if tc.on_divergence == "stop" or halvings > tc.max_lr_halvings:
+                bar.close()
+                raise TrainingDiverged(
+                    f"training diverged at epoch {epoch}: {fault}; parameters were restored to "
+                    f"the last good state {halvings - 1} time(s) with the learning rate halved; "
+                    f"nothing was saved; try a smaller lr (now {tc.lr}) or clip_norm") from None
+            for group in optimizer.param_groups:
+                group["lr"] *= 0.5
+            warnings.warn(f"epoch {epoch}: {fault}; restored the last good state and halved the "
+                          f"learning rate to {optimizer.param_groups[0]['lr']:.3g}", RuntimeWarning)
+            continue
+        best_train = min(best_train, mean_loss)
         row = {"epoch": epoch, **{k: v / n_train for k, v in totals.items()}}
         model.eval()
         guide.eval()
@@ -322,8 +439,11 @@ def fit(
                          "epoch": epoch, "history": history, "best": best,
                          "best_epoch": best_epoch, "stale": stale, "best_state": best_state},
                         ckpt_path)
+        bar.update(1)
+        epoch += 1
         if stale >= tc.patience:
             break
+    bar.close()
     if best_state is not None:
         model.load_state_dict(best_state["model"])
         guide.load_state_dict(best_state["guide"])

@@ -61,3 +61,18 @@ def test_selection_criteria_keep_the_state_they_promise(run):
     from cradle_pyro.errors import CradleInputError
     with pytest.raises(CradleInputError, match="select"):
         fit(data, TrainConfig(epochs=1, select="best", progress=False))
+
+
+def test_counterfactuals_and_individual_effects_carry_intervals(run):
+    from inference.counterfactuals import counterfactual
+
+    cf = counterfactual(run.model, run.guide, run.data, artifact="clean", num_samples=8, split="val")
+    lo, m, up = cf.layers["expected_lower"], cf.layers["expected"], cf.layers["expected_upper"]
+    assert (lo <= m + 1e-4).all() and (m <= up + 1e-4).all()
+    effect = cf.layers["expected"] - cf.layers["factual_expected"]
+    assert (cf.layers["effect_lower"] <= effect + 1e-3).all()
+    assert (effect <= cf.layers["effect_upper"] + 1e-3).all()
+    clean = cf.obs["observed_artifact"].to_numpy() == 0
+    # removing an artifact a clean cell does not have changes nothing
+    np.testing.assert_allclose(cf.layers["effect_lower"][clean], 0, atol=1e-4)
+    assert cf.uns["interval"] == 0.9

@@ -1,0 +1,76 @@
+"""One validation layer for every entry point: types and ranges of settings.
+
+The configuration dataclasses (:class:`~cradle_pyro.config.ModelConfig`,
+``inference.TrainConfig``) check their fields here on construction, so the
+library, the command line and YAML files all meet the same rules, and every
+refusal is one :class:`~cradle_pyro.errors.CradleInputError` line naming the
+setting, the value and what is allowed.
+
+Example
+-------
+>>> check_fields({"epochs": 0}, {"epochs": ("int", 1, None)}, "TrainConfig")
+Traceback (most recent call last):
+...
+cradle_pyro.errors.CradleInputError: TrainConfig: epochs=0 must be at least 1
+"""
+
+from __future__ import annotations
+
+import math
+
+from .errors import CradleInputError
+
+
+def _describe(value) -> str:
+    return f"{value!r} (a {type(value).__name__})" if isinstance(value, str) else repr(value)
+
+
+def check_value(name: str, value, kind: str, low=None, high=None, owner: str = "",
+                low_open: bool = False, high_open: bool = False, optional: bool = False):
+    """Check one setting; ``kind`` is ``"int"``, ``"float"`` or ``"bool"``.
+
+    Integers are accepted for floats; booleans are never numbers, and a string
+    is never a boolean (YAML's ``"false"`` in quotes is a string, and truthy).
+    """
+    where = f"{owner}: " if owner else ""
+    if value is None and optional:
+        return
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise CradleInputError(f"{where}{name}={_describe(value)} must be true or false")
+        return
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "int" and not (is_number and float(value).is_integer()):
+        raise CradleInputError(f"{where}{name}={_describe(value)} must be a whole number")
+    if kind == "float" and not is_number:
+        raise CradleInputError(f"{where}{name}={_describe(value)} must be a number")
+    if not math.isfinite(float(value)):
+        raise CradleInputError(f"{where}{name}={value!r} must be finite")
+    if low is not None and (value <= low if low_open else value < low):
+        word = "greater than" if low_open else "at least"
+        raise CradleInputError(f"{where}{name}={value!r} must be {word} {low}")
+    if high is not None and (value >= high if high_open else value > high):
+        word = "less than" if high_open else "at most"
+        raise CradleInputError(f"{where}{name}={value!r} must be {word} {high}")
+
+
+def check_fields(values: dict, rules: dict, owner: str):
+    """Check ``values[name]`` against ``rules[name] = (kind, low, high[, options])``.
+
+    ``options`` is a dict of :func:`check_value` keywords (``low_open``,
+    ``high_open``, ``optional``).
+    """
+    for name, rule in rules.items():
+        if name in values:
+            kind, low, high, *extra = rule
+            check_value(name, values[name], kind, low, high, owner, **(extra[0] if extra else {}))
+
+
+def check_choice(name: str, value, choices, owner: str = ""):
+    """``value`` must be one of ``choices``."""
+    if value not in choices:
+        where = f"{owner}: " if owner else ""
+        raise CradleInputError(f"{where}{name}={_describe(value)}; choose one of {list(choices)}")
+
+
+__all__ = ["check_choice", "check_fields", "check_value"]

@@ -1,0 +1,190 @@
+"""Every entry point refuses bad input with one line, exit status 2, and writes nothing.
+
+Table-driven: each case is a command line (with placeholders for the fixture
+paths), the text the message must contain, and the output path that must not
+appear. Run in-process, so argparse refusals are caught as ``SystemExit(2)``.
+"""
+
+import pickle
+import shutil
+
+import anndata as ad
+import numpy as np
+import pytest
+
+from cradle_pyro import simulate_screen
+from inference.cli import main
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    screen = root / "screen.h5ad"
+    adata = simulate_screen(n_cells=500, n_genes=60, n_singles=4, n_combinations=2,
+                            latent_dim=4, n_truth_cells=20, seed=5)
+    adata.write_h5ad(screen)
+    run = root / "run"
+    assert main(["train", str(screen), "--out", str(run), "--epochs", "2", "--no-doublets",
+                 "--latent-dim", "3", "--hidden-dim", "16", "--num-particles", "1"]) == 0
+    (root / "notes.txt").write_text("not an AnnData file\n")
+    raw = screen.read_bytes()
+    (root / "cut.h5ad").write_bytes(raw[: len(raw) // 3])
+    yamls = {
+        "malformed.yaml": "epochs: [1, 2\nmodel: sams\n",
+        "list.yaml": "- epochs\n- 3\n",
+        "string_bool.yaml": 'no_doublets: "false"\n',
+        "string_int.yaml": "epochs: ten\n",
+        "unknown.yaml": "epoch: 3\n",
+        "qc_list.yaml": "qc_columns: [total_counts_transcriptome]\n",
+        "neg_lr.yaml": "lr: -0.1\n",
+        "float_epochs.yaml": "epochs: 2.5\n",
+    }
+    for name, text in yamls.items():
+        (root / name).write_text(text)
+    evil = root / "evil_run"
+    shutil.copytree(run, evil)
+
+    class Boom:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (evil / "model.pt").write_bytes(pickle.dumps({"x": Boom()}))
+    foreign = root / "foreign"
+    foreign.mkdir()
+    (foreign / "thesis.docx").write_text("mine")
+    return {"screen": str(screen), "run": str(run), "root": str(root), "evil": str(evil),
+            "foreign": str(foreign)}
+
+
+T = "train {screen} --no-doublets --epochs 1 --out {root}/new_run"
+E = "effects {run} --perturbations P0 --out {root}/ate.csv"
+S = "sample {run} --perturbation P0 --out {root}/cells.h5ad"
+C = "counterfactual {run} {screen} --do artifact=clean --out {root}/cf.h5ad"
+Q = "qc {screen} --no-doublets --out {root}/qc.h5ad"
+
+CASES = [
+    # train: numbers and choices
+    (T + " --batch-size 0", "batch_size=0 must be at least 1"),
+    (T + " --num-particles 0", "num_particles=0 must be at least 1"),
+    (T + " --lr -1", "lr=-1.0 must be greater than 0"),
+    (T + " --lr 0", "lr=0.0 must be greater than 0"),
+    (T + " --lr nan", "lr=nan must be finite"),
+    (T + " --latent-dim 0", "latent_dim=0 must be at least 1"),
+    (T + " --hidden-dim 0", "hidden_dim=0 must be at least 1"),
+    (T + " --n-layers 0", "n_layers=0 must be at least 1"),
+    (T + " --epochs 0", "epochs=0 must be at least 1"),
+    (T + " --epochs -3", "epochs=-3 must be at least 1"),
+    (T + " --patience 0", "patience=0 must be at least 1"),
+    (T + " --beta -1", "beta=-1.0 must be at least 0"),
+    (T + " --independence -2", "independence=-2.0 must be at least 0"),
+    (T + " --mask-prob 1.5", "mask_prob=1.5 must be less than 1"),
+    (T + " --mask-prob 0", "mask_prob=0.0 must be greater than 0"),
+    (T + " --effect-scale 0", "effect_scale=0.0 must be greater than 0"),
+    (T + " --class-balance 1.5", "class_balance=1.5 must be less than 1"),
+    (T + " --weight-decay -1", "weight_decay=-1.0 must be at least 0"),
+    (T + " --clip-norm 0", "clip_norm=0.0 must be greater than 0"),
+    (T + " --warmup 5", "warmup=5 must be less than epochs=1"),
+    (T + " --select best", "select='best'"),
+    (T + " --model foo", "model='foo'"),
+    (T + " --likelihood foo", "likelihood='foo'"),
+    (T + " --guide foo", "guide='foo'"),
+    (T + " --alignment-weighting foo", "alignment_weighting='foo'"),
+    (T + " --seed -1", "seed=-1 must be at least 0"),
+    (T + " --batch-size abc", "invalid int value"),
+    # train: data
+    (T + " --perturbation-key guide", "perturbation column 'guide' not in obs"),
+    (T + " --control ctrl", "ctrl"),
+    (T + " --layer counts", "layer 'counts' not found"),
+    (T + " --split nope", "nope"),
+    (T + " --qc-column low_total_counts", "must look like KEY=VALUE"),
+    (T + " --qc-column low_total_counts=nope", "QC column 'nope'"),
+    (T + " --qc-column tall=total", "unknown QC criteria"),
+    # train: YAML
+    (T + " --config {root}/missing.yaml", "config file"),
+    (T + " --config {root}/malformed.yaml", "is not valid YAML"),
+    (T + " --config {root}/list.yaml", "must hold `key: value` pairs"),
+    (T + " --config {root}/string_bool.yaml", "no_doublets='false' (a str) must be true or false"),
+    (T + " --config {root}/string_int.yaml", "epochs='ten' (a str) must be a whole number"),
+    (T + " --config {root}/unknown.yaml", "unknown keys"),
+    (T + " --config {root}/qc_list.yaml", "qc_columns must map"),
+    (T + " --config {root}/neg_lr.yaml", "lr=-0.1 must be greater than 0"),
+    (T + " --config {root}/float_epochs.yaml", "epochs=2.5"),
+    # train: files and folders
+    ("train {root}/nope.h5ad --out {root}/new_run", "not found"),
+    ("train {root}/notes.txt --out {root}/new_run", "cannot read"),
+    ("train {root}/cut.h5ad --out {root}/new_run", "cannot read"),
+    ("train {root} --out {root}/new_run", "is a folder"),
+    ("train {screen} --no-doublets --out {root}/notes.txt", "is a file"),
+    ("train {screen} --no-doublets --out {root}/no/such/run", "does not exist"),
+    ("train {screen} --no-doublets --epochs 1 --out {run}", "holds a trained run"),
+    ("train {screen} --no-doublets --epochs 1 --out {foreign}", "holds other files"),
+    (T + " --resume", "no checkpoint"),
+    # effects
+    (E + " --n-cells 0", "must be at least 1"),
+    (E + " --n-cells -5", "must be at least 1"),
+    (E + " --num-draws 0", "must be at least 1"),
+    (E + " --interval 1.5", "must be less than 1"),
+    (E + " --interval 0", "must be greater than 0"),
+    (E + " --seed -1", "must be at least 0"),
+    ("effects {run} --perturbations , --out {root}/ate.csv", "names no condition"),
+    ("effects {run} --perturbations ZZZ --out {root}/ate.csv", "ZZZ"),
+    ("effects {root}/nope --perturbations P0 --out {root}/ate.csv", "not a run folder"),
+    ("effects {run} --perturbations P0 --out {root}/no/ate.csv", "does not exist"),
+    ("effects {run} --perturbations P0 --out {root}", "is a folder"),
+    ("effects {evil} --perturbations P0 --out {root}/ate.csv", "refused to load"),
+    # sample
+    (S + " --n 0", "must be at least 1"),
+    ("sample {run} --perturbation ZZZ --out {root}/cells.h5ad", "ZZZ"),
+    ("sample {run} --perturbation P0 --artifact bogus --out {root}/cells.h5ad", "bogus"),
+    # counterfactual
+    (C + " --num-samples 0", "must be at least 1"),
+    ("counterfactual {run} {screen} --do bogus --out {root}/cf.h5ad", "KEY=VALUE"),
+    ("counterfactual {run} {screen} --do artifact=bogus --out {root}/cf.h5ad", "bogus"),
+    ("counterfactual {run} {root}/nope.h5ad --do artifact=clean --out {root}/cf.h5ad", "not found"),
+    # qc
+    (Q + " --k 0", "must be greater than 0"),
+    (Q + " --k -1", "must be greater than 0"),
+    (Q + " --column nope", "KEY=VALUE"),
+    (Q + " --column tall=total_counts", "unknown QC criteria"),
+    (Q + " --column low_total_counts=nope", "QC column 'nope'"),
+    (Q + " --layer counts", "layer 'counts' not found"),
+    ("qc {screen} --out {root}/no/qc.h5ad", "does not exist"),
+    ("qc {root}/notes.txt --out {root}/qc.h5ad", "cannot read"),
+    # evaluate, diagnose, demo
+    ("evaluate {run} --num-draws 0 --out {root}/report", "must be at least 1"),
+    ("diagnose {run} --draws 0 --out {root}/post.nc", "must be at least 1"),
+    ("diagnose {run} --n-cells 0 --out {root}/post.nc", "must be at least 1"),
+    ("demo --cells 0 --out {root}/demo", "must be at least 1"),
+    ("demo --genes -1 --out {root}/demo", "must be at least 1"),
+    ("demo --epochs 0 --out {root}/demo", "must be at least 1"),
+]
+
+
+def _outputs(argv):
+    if "--out" in argv:
+        return [argv[argv.index("--out") + 1]]
+    return []
+
+
+@pytest.mark.parametrize("line,message", CASES, ids=[c[0][:60] for c in CASES])
+def test_bad_input_is_refused_in_one_line(files, line, message, capsys):
+    argv = line.format(**files).split()
+    outputs = [o for o in _outputs(argv) if not __import__("os").path.exists(o)]
+    before = sorted(p.name for p in __import__("pathlib").Path(files["root"]).iterdir())
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse refusals
+        code = exit_.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert message in err, err
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    assert "pwned" not in capsys.readouterr().out
+    for out in outputs:  # nothing written where the output would have gone
+        assert not __import__("os").path.exists(out), out
+    after = sorted(p.name for p in __import__("pathlib").Path(files["root"]).iterdir())
+    assert after == before
+
+
+def test_the_table_is_long_enough():
+    assert len(CASES) >= 60
