@@ -1,0 +1,111 @@
+"""Run folders own their data: fingerprints, atomic saves, no stale files, divergence never saved."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import anndata as ad
+import numpy as np
+import pytest
+import torch
+
+from cradle_pyro import simulate_screen
+from cradle_pyro.errors import CradleInputError, TrainingDiverged
+from inference import TrainConfig
+from inference.run_io import load_run, recover_run_folder, save_run, train_from_file
+from inference.train import fit
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    path = root / "screen.h5ad"
+    simulate_screen(n_cells=400, n_genes=50, n_singles=4, n_combinations=2, latent_dim=3,
+                    n_truth_cells=20, seed=4).write_h5ad(path)
+    run = train_from_file(path, TrainConfig(epochs=1, progress=False, num_particles=1),
+                          doublets=False)
+    save_run(run, root / "run")
+    return root, path, run
+
+
+def test_a_changed_training_file_is_refused_by_name(trained, tmp_path):
+    root, path, run = trained
+    adata = ad.read_h5ad(path)
+    reversed_genes = adata[:, adata.var_names[::-1]].copy()
+    reversed_genes.write_h5ad(path.with_name("reversed.h5ad"))
+    with pytest.raises(CradleInputError, match="the gene names or their order"):
+        load_run(root / "run", adata=reversed_genes)
+    doubled = adata.copy()
+    doubled.X = doubled.X * 2
+    with pytest.raises(CradleInputError, match="the counts changed"):
+        load_run(root / "run", adata=doubled)
+    relabelled = adata.copy()
+    relabelled.obs["perturbation"] = relabelled.obs["perturbation"].astype(str).to_numpy()[::-1]
+    with pytest.raises(CradleInputError, match="perturbation labels changed"):
+        load_run(root / "run", adata=relabelled)
+    assert load_run(root / "run", adata=adata).data.n_cells == run.data.n_cells
+
+
+def test_saving_over_a_run_needs_overwrite_and_leaves_no_stale_file(trained):
+    root, _, run = trained
+    with pytest.raises(CradleInputError, match="holds a trained run"):
+        save_run(run, root / "run")
+    (root / "run" / "stale_notes.txt").write_text("old")
+    save_run(run, root / "run", overwrite=True)
+    assert not (root / "run" / "stale_notes.txt").exists()
+    assert not list(root.glob(".run.*"))  # no temporary or old sibling left
+
+
+CHILD = r"""
+import sys, torch
+from inference.run_io import load_run, save_run
+run = load_run(sys.argv[1])
+target = sys.argv[2]
+open(sys.argv[3], "w").write("ready")
+k = 0
+while True:
+    k += 1
+    run.best_epoch = k
+    with torch.no_grad():
+        run.model.log_dispersion.fill_(float(k))
+    save_run(run, target, overwrite=True, extra_files={"marker.txt": str(k)})
+"""
+
+
+def test_killing_a_save_at_random_moments_leaves_the_old_or_the_new_run(trained, tmp_path):
+    root, _, _ = trained
+    target = tmp_path / "run"
+    rng = np.random.default_rng(0)
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    for trial in range(5):
+        ready = tmp_path / f"ready{trial}"
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(root / "run"), str(target),
+                                  str(ready)], env=env)
+        while not ready.exists():
+            time.sleep(0.05)
+        time.sleep(float(rng.uniform(0.05, 0.6)))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        recover_run_folder(target)
+        if not (target / "config.json").exists():
+            continue  # killed before the first save finished: no run, nothing half-written
+        config = json.loads((target / "config.json").read_text())
+        marker = int((target / "marker.txt").read_text())
+        assert config["best_epoch"] == marker  # config and files of one and the same save
+        state = torch.load(target / "model.pt", weights_only=True)
+        assert float(state["log_dispersion_unconstrained"][0]) == marker
+        assert len((target / "history.csv").read_text().splitlines()) >= 2
+
+
+def test_divergence_is_caught_restored_and_never_saved(trained):
+    _, _, run = trained
+    with pytest.raises(TrainingDiverged, match="diverged at epoch 0"):
+        fit(run.data, TrainConfig(epochs=2, lr=10.0, on_divergence="stop", progress=False))
+    with pytest.warns(RuntimeWarning, match="halved the learning rate"):
+        try:
+            fit(run.data, TrainConfig(epochs=2, lr=10.0, progress=False))
+        except TrainingDiverged:
+            pass  # halving four times may not be enough; it must then say so, not save
