@@ -66,14 +66,14 @@ TRAIN_OPTIONS = {
     "hidden_dim": ("model", int, 128, "width of the encoder/decoder MLPs"),
     "combine": ("model", str, None, "concat or sum (default: the model's published choice)"),
     "effect_prior": ("model", str, "normal", "normal, laplace or student-t"),
-    "epochs": ("train", int, 100, "maximum epochs (early stopping may end sooner)"),
+    "epochs": ("train", int, 100, "epochs (with --select ate or elbo, early stopping may end sooner)"),
     "batch_size": ("train", int, 128, "cells per minibatch"),
     "lr": ("train", float, 5e-3, "AdamW learning rate"),
     "beta": ("train", float, 1.0, "weight of CRADLE's counterfactual alignment term"),
     "num_particles": ("train", int, 5, "vectorised ELBO particles"),
     "patience": ("train", int, 15, "early-stopping patience in epochs"),
-    "select": ("train", str, "elbo", "which state to keep: ate (validation ATE error on seen "
-               "conditions), elbo (validation -ELBO) or last"),
+    "select": ("train", str, "last", "which state to keep: last (the final epoch), ate "
+               "(validation ATE error on seen conditions) or elbo (validation -ELBO)"),
     "warmup": ("train", int, 0, "epochs before any state is kept or patience counts"),
     "independence": ("train", float, 0.0, "weight of the basal-leakage penalty"),
     "alignment_weighting": ("train", str, "per-cell", "per-cell or published (beta times the "

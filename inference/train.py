@@ -73,7 +73,7 @@ class TrainConfig:
     weight_decay: float = 1e-5
     clip_norm: float = 10.0
     patience: int = 15
-    select: str = "elbo"
+    select: str = "last"
     warmup: int = 0
     on_divergence: str = "lower-lr"
     max_lr_halvings: int = 4
@@ -157,11 +157,11 @@ def _rng_state() -> dict:
 def _set_rng_state(state: dict):
     torch.set_rng_state(state["torch"].cpu())
     kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    np.random.set_state((kind, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([t.cpu() for t in state["cuda"]])
 
 
 class _rng_kept:
