@@ -29,6 +29,8 @@ import scipy.sparse as sp
 import torch
 
 from .errors import CradleInputError
+from .labels import normalise_labels
+from .validation import check_counts, check_shape_and_names
 from .qc import CRITERIA, QCThresholds, label_artifacts
 from .references import ReferenceProfiles, build_reference_profiles
 from .splits import make_split, targets_of
@@ -95,52 +97,8 @@ class _DeviceCSR:
         return out
 
 
-def _check_counts(X, non_integer_counts: str) -> bool:
-    """Raise on NaN, negative or (unless rounding) non-integer counts; True if rounding is due."""
-    mat = sp.csr_matrix(X)
-
-    def n_cells_with(mask_values):
-        m = mat.copy()
-        m.data = mask_values.astype(np.float32)
-        m.eliminate_zeros()
-        return int((m.getnnz(axis=1) > 0).sum())
-
-    if np.isnan(mat.data).any():
-        raise CradleInputError(
-            f"counts hold NaN in {n_cells_with(np.isnan(mat.data))} cells; "
-            "remove those cells or fill the values"
-        )
-    if (mat.data < 0).any():
-        raise CradleInputError(
-            f"counts hold negative values in {n_cells_with(mat.data < 0)} cells; "
-            "pass raw UMI counts (X or a layer), not normalised or scaled values"
-        )
-    frac = mat.data != np.round(mat.data)
-    if frac.any():
-        n = n_cells_with(frac)
-        if non_integer_counts == "error":
-            raise CradleInputError(
-                f"counts hold non-integer values in {n} cells ({int(frac.sum())} entries); "
-                "pass raw counts, or non_integer_counts='round' to round them"
-            )
-        if non_integer_counts != "round":
-            raise CradleInputError(
-                f"non_integer_counts={non_integer_counts!r}; use 'error' or 'round'"
-            )
-    return bool(frac.any())
-
-
 def _validate_anndata(adata, perturbation_key, control_label, layer):
-    if adata.n_obs == 0 or adata.n_vars == 0:
-        raise CradleInputError(
-            f"the dataset is empty ({adata.n_obs} cells × {adata.n_vars} genes)"
-        )
-    for axis, names in (("obs", adata.obs_names), ("var", adata.var_names)):
-        if not names.is_unique:
-            dup = names[names.duplicated()].unique()[:3].tolist()
-            raise CradleInputError(
-                f"{axis} names are not unique (e.g. {dup}); call adata.{axis}_names_make_unique()"
-            )
+    check_shape_and_names(adata)
     if perturbation_key not in adata.obs:
         raise CradleInputError(
             f"perturbation column {perturbation_key!r} not in obs; obs has "
@@ -249,7 +207,7 @@ class PerturbationData:
             raise CradleInputError(f"dropping {list(drop_labels)} leaves no cell")
         view = adata[keep] if not keep.all() else adata
         X = view.X if layer is None else view.layers[layer]
-        rounded = _check_counts(X, non_integer_counts)
+        rounded = check_counts(X, non_integer_counts)
         counts = sp.csr_matrix(X, dtype=np.float32, copy=True)
         if rounded:
             counts.data = np.round(counts.data)
@@ -260,7 +218,7 @@ class PerturbationData:
                 f"{int((library <= 0).sum())} cells have no counts in any gene; "
                 "drop them (e.g. sc.pp.filter_cells(adata, min_counts=1))"
             )
-        labels = labels_all[keep]
+        labels = normalise_labels(labels_all[keep], control_label, combination_separator)
         condition_names = sorted(set(labels), key=lambda c: (c != control_label, c))
         code_of = {c: i for i, c in enumerate(condition_names)}
         condition_code = np.array([code_of[c] for c in labels], dtype=np.int64)

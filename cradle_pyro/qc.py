@@ -43,6 +43,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .errors import CradleInputError
+from .validation import check_counts, check_shape_and_names
 
 CRITERIA = (
     "low_total_counts",
@@ -456,6 +457,8 @@ def label_artifacts(
     >>> bool(adata.obs["artifact"].any())
     True
     """
+    check_shape_and_names(adata)
+    check_counts(_counts_matrix(adata, layer), "error")
     thresholds, metrics = learn_thresholds(adata, k, columns, doublets, artifact_kinds, layer, seed)
     labels = thresholds.judge(_with_obs(adata, metrics), layer=layer)
     table = metrics.join(labels)

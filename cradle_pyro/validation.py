@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import scipy.sparse as sp
+
 from .errors import CradleInputError
 
 
@@ -66,6 +69,59 @@ def check_fields(values: dict, rules: dict, owner: str):
             check_value(name, values[name], kind, low, high, owner, **(extra[0] if extra else {}))
 
 
+def check_counts(X, non_integer_counts: str) -> bool:
+    """Raise on NaN, negative or (unless rounding) non-integer counts; True if rounding is due."""
+    mat = sp.csr_matrix(X)
+    if not np.issubdtype(mat.dtype, np.number):
+        raise CradleInputError(f"counts have dtype {mat.dtype}; pass numeric raw UMI counts")
+
+    def n_cells_with(mask_values):
+        m = mat.copy()
+        m.data = mask_values.astype(np.float32)
+        m.eliminate_zeros()
+        return int((m.getnnz(axis=1) > 0).sum())
+
+    if not np.isfinite(mat.data).all():
+        bad = ~np.isfinite(mat.data)
+        kind = "NaN" if np.isnan(mat.data).any() else "infinite values"
+        raise CradleInputError(
+            f"counts hold {kind} in {n_cells_with(bad)} cells; "
+            "remove those cells or fill the values"
+        )
+    if (mat.data < 0).any():
+        raise CradleInputError(
+            f"counts hold negative values in {n_cells_with(mat.data < 0)} cells; "
+            "pass raw UMI counts (X or a layer), not normalised or scaled values"
+        )
+    frac = mat.data != np.round(mat.data)
+    if frac.any():
+        n = n_cells_with(frac)
+        if non_integer_counts == "error":
+            raise CradleInputError(
+                f"counts hold non-integer values in {n} cells ({int(frac.sum())} entries); "
+                "pass raw counts, or non_integer_counts='round' to round them"
+            )
+        if non_integer_counts != "round":
+            raise CradleInputError(
+                f"non_integer_counts={non_integer_counts!r}; use 'error' or 'round'"
+            )
+    return bool(frac.any())
+
+
+def check_shape_and_names(adata):
+    """A non-empty AnnData with unique cell and gene names."""
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise CradleInputError(
+            f"the dataset is empty ({adata.n_obs} cells × {adata.n_vars} genes)"
+        )
+    for axis, names in (("obs", adata.obs_names), ("var", adata.var_names)):
+        if not names.is_unique:
+            dup = names[names.duplicated()].unique()[:3].tolist()
+            raise CradleInputError(
+                f"{axis} names are not unique (e.g. {dup}); call adata.{axis}_names_make_unique()"
+            )
+
+
 def check_choice(name: str, value, choices, owner: str = ""):
     """``value`` must be one of ``choices``."""
     if value not in choices:
@@ -73,4 +129,4 @@ def check_choice(name: str, value, choices, owner: str = ""):
         raise CradleInputError(f"{where}{name}={_describe(value)}; choose one of {list(choices)}")
 
 
-__all__ = ["check_choice", "check_fields", "check_value"]
+__all__ = ["check_choice", "check_counts", "check_fields", "check_shape_and_names", "check_value"]

@@ -390,8 +390,7 @@ def cells_for_run(run: TrainedRun, adata: ad.AnnData, perturbation_key: str | No
     view.obs[SPLIT_COLUMN] = "train"  # new cells: no split of their own
     data = PerturbationData.from_anndata(
         view, key, ref.control_label, combination_separator=ref.separator, split=SPLIT_COLUMN,
-        artifact=[ARTIFACT_PREFIX + a for a in ref.artifact_names], drop_labels=(),
-        non_integer_counts="round")
+        artifact=[ARTIFACT_PREFIX + a for a in ref.artifact_names], drop_labels=())
     # express the cells in the run's coordinates
     data.perturbation_names = list(ref.perturbation_names)
     data.condition_dosage = np.stack([ref.dosage_of(c) for c in data.condition_names])

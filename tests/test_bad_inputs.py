@@ -27,6 +27,18 @@ def files(tmp_path_factory):
     assert main(["train", str(screen), "--out", str(run), "--epochs", "2", "--no-doublets",
                  "--latent-dim", "3", "--hidden-dim", "16", "--num-particles", "1"]) == 0
     (root / "notes.txt").write_text("not an AnnData file\n")
+    variants = {"negative": lambda a: a.X.data.__setitem__(0, -3.0),
+                "lognorm": lambda a: setattr(a, "X", a.X.log1p()),
+                "infinite": lambda a: a.X.data.__setitem__(0, np.inf),
+                "missing": lambda a: a.X.data.__setitem__(0, np.nan)}
+    for name, spoil in variants.items():
+        bad = adata.copy()
+        bad.X = bad.X.astype(np.float32).tocsr()
+        spoil(bad)
+        bad.write_h5ad(root / f"{name}.h5ad")
+    dup = adata.copy()
+    dup.obs_names = ["same"] * 2 + list(dup.obs_names[2:])
+    dup.write_h5ad(root / "dupcells.h5ad")
     raw = screen.read_bytes()
     (root / "cut.h5ad").write_bytes(raw[: len(raw) // 3])
     yamls = {
@@ -150,6 +162,15 @@ CASES = [
     (Q + " --layer counts", "layer 'counts' not found"),
     ("qc {screen} --out {root}/no/qc.h5ad", "does not exist"),
     ("qc {root}/notes.txt --out {root}/qc.h5ad", "cannot read"),
+    ("qc {root}/negative.h5ad --no-doublets --out {root}/qc.h5ad", "negative values in 1 cells"),
+    ("qc {root}/lognorm.h5ad --no-doublets --out {root}/qc.h5ad", "non-integer values"),
+    ("qc {root}/infinite.h5ad --no-doublets --out {root}/qc.h5ad", "infinite values in 1 cells"),
+    ("qc {root}/missing.h5ad --no-doublets --out {root}/qc.h5ad", "NaN in 1 cells"),
+    ("qc {root}/dupcells.h5ad --no-doublets --out {root}/qc.h5ad", "obs names are not unique"),
+    ("counterfactual {run} {root}/lognorm.h5ad --do artifact=clean --out {root}/cf.h5ad",
+     "non-integer values"),
+    ("train {root}/negative.h5ad --no-doublets --out {root}/new_run", "negative values"),
+    ("train {root}/dupcells.h5ad --no-doublets --out {root}/new_run", "obs names are not unique"),
     # evaluate, diagnose, demo
     ("evaluate {run} --num-draws 0 --out {root}/report", "must be at least 1"),
     ("diagnose {run} --draws 0 --out {root}/post.nc", "must be at least 1"),

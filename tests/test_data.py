@@ -138,3 +138,26 @@ def test_non_integer_counts_can_be_rounded():
     data = _load(a, non_integer_counts="round")
     assert data.counts[0].toarray()[0, a.X[0].indices[0]] in (2.0,)
     assert a.X.data[0] == pytest.approx(2.4)  # the user's matrix is untouched
+
+
+def _labelled(labels):
+    import anndata as ad
+    import pandas as pd
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    X = sp.csr_matrix(rng.poisson(5.0, (len(labels), 30)).astype(np.float32))
+    return ad.AnnData(X=X, obs=pd.DataFrame({"perturbation": labels},
+                                            index=[f"c{i}" for i in range(len(labels))]),
+                      var=pd.DataFrame(index=[f"G{i}" for i in range(30)]))
+
+
+def test_labels_one_spelling_per_condition_and_separators_that_mean_what_they_say():
+    base = ["control"] * 20 + ["P1"] * 20 + ["P4"] * 20
+    data = PerturbationData.from_anndata(_labelled(base + ["P1 + P4"] * 10 + ["P4+P1"] * 10),
+                                         doublets=False, qc_k=100.0)
+    assert [c for c in data.condition_names if "+" in c] == ["P1+P4"]
+    with pytest.raises(CradleInputError, match=r"'P1_P4' joins known targets .* separator is '\+'"):
+        PerturbationData.from_anndata(_labelled(base + ["P1_P4"] * 10), doublets=False, qc_k=100.0)
+    with pytest.warns(UserWarning, match=r"never seen alone: \['P1\+P9'\]"):
+        PerturbationData.from_anndata(_labelled(base + ["P1+P9"] * 10), doublets=False, qc_k=100.0)
