@@ -17,7 +17,7 @@ from .errors import CradleInputError
 from .qc import QCThresholds, label_artifacts, qc_metrics
 from .references import build_reference_profiles
 from .config import ModelConfig
-from .guides import BasalGuide, CombinedGuide, CorrelatedGuide, MeanFieldGuide, make_guide
+from .guides import BasalGuide, CombinedGuide, CorrelatedGuide, MaskGuide, MeanFieldGuide, make_guide
 from .model import CradleModel
 from .simulate import simulate_screen
 from .splits import make_split
@@ -25,6 +25,7 @@ from .splits import make_split
 __all__ = [
     "BasalGuide",
     "CombinedGuide",
+    "MaskGuide",
     "CorrelatedGuide",
     "CradleModel",
     "MeanFieldGuide",

@@ -3,10 +3,24 @@
 Both are plain :class:`~pyro.nn.PyroModule` callables with the model's
 signature. They sample the same latent sites as the model
 (``effect``, ``mask``, ``mask_rate`` for ``svae+``, ``artifact_effect``,
-``basal``) and return a dict; with a minibatch ``reference`` (see
-:class:`cradle_pyro.data.Reference`) that dict holds CRADLE's per-cell
-counterfactual alignment KL, which the objective reads from the trace's
-``_RETURN`` node.
+``target_effect`` where targets are measured genes, ``basal``).
+
+The basal-posterior protocol
+----------------------------
+CRADLE's counterfactual alignment compares q(basal) of a cell with that of a
+reference profile, both encoded as if in the opposite artifact state. The
+objective (``inference.objective.CradleELBO``) computes it from any guide, or
+any part of a :class:`CombinedGuide` / ``AutoGuideList``, that exposes its
+basal posterior with two methods:
+
+``basal_features(counts, library) -> Tensor``
+    the expensive, x-only part of the encoding (memoised for the batch being
+    encoded, so factual and counterfactual encodings share it);
+``basal_distribution(features, dosage, artifact, effect, mask, artifact_effect)``
+    ``-> Normal`` over (…, cells, latent_dim), given the globals.
+
+:func:`basal_posterior_of` finds that part. A guide without it trains with
+the alignment weight at 0, and is refused with a clear error otherwise.
 
 - :class:`CorrelatedGuide`: q(mask) straight-through Bernoulli (pmf scored),
   q(effect | mask) from an MLP of ``[mask_p, one-hot(p)]``, q(artifact_effect)
@@ -37,8 +51,8 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule, PyroParam
+from pyro.poutine.messenger import Messenger
 from torch.distributions import constraints
-from torch.distributions import kl_divergence
 
 from .distributions import BernoulliStraightThrough
 from .model import CradleModel
@@ -46,7 +60,7 @@ from .nets import BasalEncoder, EffectNet, log_standardise
 
 
 class _GuideBase(PyroModule):
-    """Shared parts: gene standardisation, q(basal | x, offsets), the alignment KL."""
+    """Shared parts: gene standardisation, q(basal | x, offsets) and its protocol methods."""
 
     def __init__(self, model: CradleModel, gene_mean=None, gene_std=None, use_offsets=True,
                  temperature: float = 0.5):
@@ -73,6 +87,15 @@ class _GuideBase(PyroModule):
     def standardise(self, counts, library):
         return log_standardise(counts, library, self.gene_mean, self.gene_std)
 
+    def basal_features(self, counts, library):
+        """The x-only first layer of q(basal | x, offsets) (protocol; memoised per batch)."""
+        cache = getattr(self, "_features", None)
+        if cache is not None and cache[0] is counts and cache[1] is library:
+            return cache[2]
+        hx = self.encoder.x_part(self.standardise(counts, library))
+        self._features = (counts, library, hx)
+        return hx
+
     def basal_distribution(self, hx, dosage, artifact, effect, mask, artifact_effect):
         """q(basal | x, offsets) from the shared x part ``hx``."""
         if not self.use_offsets:
@@ -91,39 +114,12 @@ class _GuideBase(PyroModule):
             loc = loc - p_off - (a_off if a_off is not None else 0.0)
         return dist.Normal(loc, scale)
 
-    def sample_basal(self, counts, dosage, artifact, library, cell_index, num_cells,
-                     globals_, reference):
+    def sample_basal(self, counts, dosage, artifact, library, cell_index, num_cells, globals_):
         n = counts.shape[-2]
         subsample = cell_index if cell_index is not None else torch.arange(n, device=counts.device)
-        hx = self.encoder.x_part(self.standardise(counts, library))
-        q = self.basal_distribution(hx, dosage, artifact, *globals_)
+        q = self.basal_distribution(self.basal_features(counts, library), dosage, artifact, *globals_)
         with pyro.plate("cells", num_cells or n, subsample=subsample, dim=-1):
             pyro.sample("basal", q.to_event(1))
-        out = {"basal_loc": q.loc, "basal_scale": q.scale}
-        if reference is not None and self.model.artifact_offset_dim > 0:
-            out.update(self.alignment_kl(hx, dosage, globals_, reference))
-        return out
-
-    def alignment_kl(self, hx, dosage, globals_, reference):
-        """KL(q(basal | x_ref, dosage, a_cf) ‖ q(basal | x, dosage, a_cf)) per cell.
-
-        Reference encodings are computed once per group in the batch; the
-        cell's counterfactual encoding reuses its factual ``hx``.
-        """
-        group = reference.cell_group
-        has_ref = group >= 0
-        if reference.profiles.shape[0] == 0:
-            zeros = torch.zeros(hx.shape[:-1], device=hx.device)
-            return {"alignment_kl": zeros, "has_reference": has_ref}
-        ref_library = reference.profiles.sum(-1)
-        h_ref = self.encoder.x_part(self.standardise(reference.profiles, ref_library))
-        q_ref = self.basal_distribution(h_ref, reference.dosage, reference.artifact, *globals_)
-        idx = group.clamp(min=0)
-        q_cf = self.basal_distribution(hx, dosage, reference.artifact[idx], *globals_)
-        ref_loc = q_ref.loc.index_select(-2, idx)
-        ref_scale = q_ref.scale.index_select(-2, idx)
-        kl = kl_divergence(dist.Normal(ref_loc, ref_scale), q_cf).sum(-1)
-        return {"alignment_kl": kl * has_ref.to(kl.dtype), "has_reference": has_ref}
 
 
 class CorrelatedGuide(_GuideBase):
@@ -198,11 +194,10 @@ class CorrelatedGuide(_GuideBase):
                 cell_index=None, num_cells=None, reference=None, n_cells=None):
         globals_ = self.sample_globals()
         if counts is None:  # nothing observed: only the globals have a posterior
-            return {}
+            return
         if library is None:
             library = counts.sum(-1)
-        return self.sample_basal(counts, dosage, artifact, library, cell_index, num_cells,
-                                 globals_, reference)
+        self.sample_basal(counts, dosage, artifact, library, cell_index, num_cells, globals_)
 
 
 class MeanFieldGuide(CorrelatedGuide):
@@ -223,19 +218,55 @@ class BasalGuide(_GuideBase):
     def forward(self, counts=None, dosage=None, artifact=None, library=None, *,
                 cell_index=None, num_cells=None, reference=None, n_cells=None):
         if counts is None:
-            return {}
+            return
         if library is None:
             library = counts.sum(-1)
-        out = self.sample_basal(counts, dosage, artifact, library, cell_index, num_cells,
-                                (None, None, None), None)
-        return out
+        self.sample_basal(counts, dosage, artifact, library, cell_index, num_cells,
+                          (None, None, None))
+
+
+class MaskGuide(PyroModule):
+    """q(mask) alone: independent straight-through Bernoulli factors (pmf scored).
+
+    The discrete part to compose with an autoguide on the continuous globals
+    and :class:`BasalGuide` in a :class:`CombinedGuide`.
+    """
+
+    def __init__(self, model: CradleModel, temperature: float = 0.5, init_logit: float = 0.0):
+        super().__init__()
+        self.n_perturbations, self.latent_dim = model.n_perturbations, model.latent_dim
+        self.temperature = temperature
+        self.mask_logits = PyroParam(torch.full((self.n_perturbations, self.latent_dim), init_logit))
+
+    def forward(self, *args, **kwargs):
+        with pyro.plate("perturbations", self.n_perturbations, dim=-1):
+            pyro.sample("mask", BernoulliStraightThrough(self.mask_logits, self.temperature)
+                        .to_event(1))
+
+
+class _PlatesOnce(Messenger):
+    """Record each plate once when several guide parts open the same plate."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def _process_message(self, msg):
+        if msg["type"] == "sample" and type(msg["fn"]).__name__ == "_Subsample":
+            if msg["name"] in self.seen:
+                msg["infer"] = dict(msg["infer"] or {}, _do_not_trace=True, is_auxiliary=True)
+            else:
+                self.seen.add(msg["name"])
 
 
 class CombinedGuide(PyroModule):
     """Run several guides in turn, each serving its own sites.
 
-    Pyro's ``AutoGuideList`` pre-creates every model plate, which clashes with a
-    part that opens the ``cells`` plate itself; this does not.
+    Parts may open the same plates (an autoguide and a mask guide both open
+    ``perturbations``): each plate is recorded once. Pyro's ``AutoGuideList``
+    pre-creates every model plate with its own random subsample of cells,
+    which clashes with an amortised part that opens the ``cells`` plate with
+    the minibatch's cells; this is the documented equivalent.
 
     Example
     -------
@@ -245,6 +276,9 @@ class CombinedGuide(PyroModule):
     >>> model = CradleModel(30, 4, 1, ModelConfig(model="cpa"))
     >>> guide = CombinedGuide(AutoNormal(poutine.block(model, expose=["effect"])),
     ...                       BasalGuide(model))
+
+    With a mask (``cradle``, ``sams``): ``CombinedGuide(AutoNormal(poutine.block(model,
+    expose=["effect", "artifact_effect"])), MaskGuide(model), BasalGuide(model))``.
     """
 
     def __init__(self, *parts):
@@ -252,12 +286,25 @@ class CombinedGuide(PyroModule):
         self.parts = torch.nn.ModuleList(parts)
 
     def forward(self, *args, **kwargs):
-        out = {}
-        for part in self.parts:
-            ret = part(*args, **kwargs)
-            if isinstance(ret, dict):
-                out.update(ret)
-        return out
+        with _PlatesOnce():
+            for part in self.parts:
+                part(*args, **kwargs)
+
+
+def basal_posterior_of(guide):
+    """The guide, or the part of a composed guide, exposing the basal-posterior protocol.
+
+    Looks through :class:`CombinedGuide` parts and Pyro ``AutoGuideList``
+    members; ``None`` when no part has ``basal_features`` and
+    ``basal_distribution``.
+    """
+    if hasattr(guide, "basal_features") and hasattr(guide, "basal_distribution"):
+        return guide
+    for part in list(getattr(guide, "parts", [])) + list(getattr(guide, "guides", [])):
+        found = basal_posterior_of(part)
+        if found is not None:
+            return found
+    return None
 
 
 def make_guide(kind: str, model: CradleModel, gene_mean=None, gene_std=None):
@@ -271,4 +318,5 @@ def make_guide(kind: str, model: CradleModel, gene_mean=None, gene_std=None):
     raise CradleInputError(f"guide={kind!r}; use 'correlated' or 'mean-field'")
 
 
-__all__ = ["BasalGuide", "CombinedGuide", "CorrelatedGuide", "MeanFieldGuide", "make_guide"]
+__all__ = ["BasalGuide", "CombinedGuide", "CorrelatedGuide", "MaskGuide", "MeanFieldGuide",
+           "basal_posterior_of", "make_guide"]

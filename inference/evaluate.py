@@ -170,7 +170,9 @@ def _scatter_figure(posteriors, data, perts, split, path, max_panels=12):
         for name, post in posteriors.items():
             m, lo, up = (post.mean.loc[p].to_numpy(), post.lower.loc[p].to_numpy(),
                          post.upper.loc[p].to_numpy())
-            ax.errorbar(o, m, yerr=[m - lo, up - m], fmt="o", ms=2, lw=0.4, alpha=0.6, label=name)
+            # the posterior mean can sit outside a quantile interval of skewed draws
+            yerr = [np.clip(m - lo, 0, None), np.clip(up - m, 0, None)]
+            ax.errorbar(o, m, yerr=yerr, fmt="o", ms=2, lw=0.4, alpha=0.6, label=name)
         lim = np.abs(o).max() * 1.1 + 1e-6
         ax.plot([-lim, lim], [-lim, lim], color="grey", lw=0.8)
         ax.set_title(p, fontsize=9)

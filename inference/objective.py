@@ -47,9 +47,14 @@ from __future__ import annotations
 
 import numpy as np
 import pyro
+import pyro.distributions as dist
 import torch
 from pyro import poutine
+from torch.distributions import kl_divergence
+
 from pyro.poutine.messenger import Messenger
+
+from cradle_pyro.guides import basal_posterior_of
 
 PARTICLE_DIM = -2
 ALIGNMENT_WEIGHTINGS = ("per-cell", "published")
@@ -121,6 +126,7 @@ class CradleELBO:
         self.artifact_counts = None
         self.artifact_share = None
         self.last_terms: dict = {}
+        self._checked: set = set()  # guides whose sites were checked against the model
 
     def for_data(self, data, split: str = "train") -> "CradleELBO":
         """Take n_p, n_a and the artifact share from a split of ``data``."""
@@ -164,6 +170,9 @@ class CradleELBO:
 
     def __call__(self, model, guide, **kwargs) -> torch.Tensor:
         model_trace, guide_trace = self.traces(model, guide, **kwargs)
+        if id(guide) not in self._checked:
+            check_model_guide_agreement(model_trace, guide_trace)
+            self._checked.add(id(guide))
         S = self.num_particles
         loglik = torch.zeros(S, device=kwargs["counts"].device)
         log_p = torch.zeros_like(loglik)
@@ -179,7 +188,7 @@ class CradleELBO:
             if site["type"] == "sample":
                 log_q = log_q + _per_particle(site["log_prob"], S)
         elbo = (log_p - log_q).mean()
-        alignment = self.alignment(guide_trace, kwargs)
+        alignment = self.alignment(guide, guide_trace, kwargs)
         leakage = self.basal_leakage(guide_trace, kwargs)
         beta = self.beta * (kwargs["counts"].shape[-2] if self.alignment_weighting == "published" else 1)
         loss = -elbo + beta * alignment + self.independence * leakage
@@ -216,15 +225,75 @@ class CradleELBO:
         factor = (kwargs.get("num_cells") or batch) / batch
         return factor * per_particle.mean()
 
-    def alignment(self, guide_trace, kwargs):
-        """Σ_n (N/B) KL_align(n), averaged over particles (0 without references)."""
-        ret = guide_trace.nodes.get("_RETURN", {}).get("value")
-        if self.beta == 0 or not isinstance(ret, dict) or "alignment_kl" not in ret:
-            return torch.zeros((), device=kwargs["counts"].device)
-        kl = ret["alignment_kl"]
-        batch = kwargs["counts"].shape[-2]
+    def alignment(self, guide, guide_trace, kwargs):
+        """Σ_n (N/B) KL_align(n), averaged over particles (0 without references).
+
+        KL( q(basal | x_ref(n), dosage_n, 1 − a_n) ‖ q(basal | x_n, dosage_n, 1 − a_n) ),
+        exact Gaussian KL, with the globals the guide drew in ``guide_trace``.
+        Computed here from the guide's basal-posterior protocol
+        (:mod:`cradle_pyro.guides`): reference profiles are encoded once per
+        group in the batch, and the cell's counterfactual encoding shares its
+        factual x-features (memoised by the guide).
+        """
+        reference = kwargs.get("reference")
+        zero = torch.zeros((), device=kwargs["counts"].device)
+        if self.beta == 0 or reference is None or reference.profiles.shape[0] == 0:
+            return zero
+        posterior = basal_posterior_of(guide)
+        if posterior is None:
+            raise ValueError(
+                "the alignment term (beta > 0) needs a guide exposing its basal posterior "
+                "(basal_features, basal_distribution; see cradle_pyro.guides); "
+                f"{type(guide).__name__} has none: add BasalGuide to it or set beta=0")
+        globals_ = [guide_trace.nodes[k]["value"] if k in guide_trace.nodes else None
+                    for k in ("effect", "mask", "artifact_effect")]
+        counts, library = kwargs["counts"], kwargs.get("library")
+        library = counts.sum(-1) if library is None else library
+        hx = posterior.basal_features(counts, library)
+        ref_library = reference.profiles.sum(-1)
+        h_ref = posterior.basal_features(reference.profiles, ref_library)
+        q_ref = posterior.basal_distribution(h_ref, reference.dosage, reference.artifact, *globals_)
+        group = reference.cell_group
+        has_ref = group >= 0
+        idx = group.clamp(min=0)
+        q_cf = posterior.basal_distribution(hx, kwargs["dosage"], reference.artifact[idx], *globals_)
+        ref = dist.Normal(q_ref.loc.index_select(-2, idx), q_ref.scale.index_select(-2, idx))
+        kl = kl_divergence(ref, q_cf).sum(-1) * has_ref.to(q_cf.loc.dtype)
+        batch = counts.shape[-2]
         factor = (kwargs.get("num_cells") or batch) / batch
         return factor * kl.sum(-1).mean()
+
+def _latent_sites(trace) -> dict:
+    """Unobserved sample sites of a trace (plates and autoguides' auxiliary sites excluded)."""
+    return {name: site for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not site["is_observed"]
+            and not site["infer"].get("is_auxiliary")
+            and type(site["fn"]).__name__ != "_Subsample"}
+
+
+def check_model_guide_agreement(model_trace, guide_trace):
+    """Model and guide sample the same latent sites with compatible supports.
+
+    A latent the guide leaves out is drawn from the prior at every step and
+    enters the ELBO without a q term; a guide site the model lacks is scored
+    by nothing. Either is refused, naming the sites.
+    """
+    model_sites, guide_sites = _latent_sites(model_trace), _latent_sites(guide_trace)
+    missing = sorted(set(model_sites) - set(guide_sites))
+    extra = sorted(set(guide_sites) - set(model_sites))
+    if missing:
+        raise ValueError(
+            f"the guide does not sample the model's latent site(s) {missing}: they would be "
+            "drawn from the prior at every step with no q term in the ELBO; add them to the "
+            "guide (e.g. AutoNormal(poutine.block(model, expose=[...])) or a mask guide)")
+    if extra:
+        raise ValueError(f"the guide samples site(s) {extra} that the model does not")
+    for name in model_sites:
+        p, q = model_sites[name]["fn"], guide_sites[name]["fn"]
+        if p.support.is_discrete != q.support.is_discrete or p.event_dim != q.event_dim:
+            raise ValueError(
+                f"site {name!r}: the model's support is {p.support} (event dim {p.event_dim}) "
+                f"but the guide's is {q.support} (event dim {q.event_dim})")
 
 
 def _location(fn):

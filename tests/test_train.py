@@ -56,7 +56,8 @@ def test_checkpoint_resume_continues_the_same_run(data, tmp_path):
 
 
 def test_early_stopping_restores_the_best_state(data):
-    run = fit(data, TrainConfig(epochs=30, patience=1, lr=5e-2, **FAST), ModelConfig(latent_dim=4, hidden_dim=16))
+    run = fit(data, TrainConfig(epochs=30, patience=1, lr=5e-2, select="elbo", **FAST),
+              ModelConfig(latent_dim=4, hidden_dim=16))
     h = run.history
     assert len(h) < 30
     assert run.best_epoch == int(h["val_loss"].idxmin())
