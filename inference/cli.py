@@ -54,6 +54,12 @@ interval. --wide writes the posterior means only, perturbations × genes.""",
     "evaluate": """examples:
   cradle-pyro evaluate runs/cradle --out report/          # metrics.json, report.md, figures/
   cradle-pyro evaluate runs/cradle --compare runs/sams --out report/""",
+    "embed": """examples:
+  cradle-pyro embed runs/cradle --out cells.h5ad --umap umap.png
+  # then in Python: sc.pp.neighbors(adata, use_rep="X_cradle_basal"); sc.tl.umap(adata)
+
+obsm["X_cradle_basal"]: the cell before anything happened (conditions should mix);
+obsm["X_cradle_latent"]: the decoder input (conditions separate).""",
     "diagnose": """examples:
   cradle-pyro diagnose runs/cradle --out posterior.nc     # ArviZ InferenceData, summary CSV, plots""",
 }
@@ -277,6 +283,55 @@ def cmd_evaluate(args):
     _print_headline(report, args.out)
 
 
+def cmd_embed(args):
+    import anndata as ad
+    import pandas as pd
+
+    from .embeddings import add_latents
+    from .run_io import load_run
+
+    run = load_run(args.run, device=args.device)
+    data = run.data
+    cells = ad.AnnData(X=data.counts, var=pd.DataFrame(index=data.gene_names),
+                       obs=pd.DataFrame({"perturbation": pd.Categorical(data.conditions),
+                                         "artifact": (data.artifact.max(1) if data.n_artifacts
+                                                      else 0.0).astype(str),
+                                         "split": data.split}, index=data.obs_names))
+    add_latents(cells, run.model, run.guide, data, seed=args.seed)
+    cells.write_h5ad(args.out)
+    print(f"wrote {args.out}: {cells.n_obs} cells with obsm X_cradle_basal "
+          f"({cells.obsm['X_cradle_basal'].shape[1]} dims) and X_cradle_latent")
+    if args.umap:
+        umap_figure(cells, args.umap)
+        print(f"wrote {args.umap}")
+
+
+def umap_figure(cells, path):
+    """UMAPs of the basal state and the full latent, coloured by perturbation and artifact."""
+    import scanpy as sc
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 8))
+    axes = fig.subplots(2, 2)
+    for row, rep in enumerate(("X_cradle_basal", "X_cradle_latent")):
+        view = cells.copy()
+        sc.pp.neighbors(view, use_rep=rep, random_state=0)
+        sc.tl.umap(view, random_state=0)
+        xy = view.obsm["X_umap"]
+        for col, key in enumerate(("perturbation", "artifact")):
+            ax = axes[row, col]
+            for value in view.obs[key].astype(str).unique():
+                sel = (view.obs[key].astype(str) == value).to_numpy()
+                ax.scatter(xy[sel, 0], xy[sel, 1], s=2, alpha=0.5, label=value)
+            ax.set_title(f"{rep[2:]}: {key}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if view.obs[key].nunique() <= 12:
+                ax.legend(fontsize=6, markerscale=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def cmd_diagnose(args):
     from .diagnostics import diagnose_run
     from .run_io import load_run
@@ -467,6 +522,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generated clean cells per draw and condition (default 200)")
     p.set_defaults(func=cmd_evaluate)
 
+    p = run_cmd("embed", "latent representations of the training cells into obsm, for scanpy")
+    p.add_argument("--out", required=True, help="output .h5ad with obsm X_cradle_basal, X_cradle_latent")
+    p.add_argument("--umap", default=None, help="also draw UMAPs of both into this PNG")
+    p.set_defaults(func=cmd_embed)
+
     p = run_cmd("diagnose", "ArviZ posterior diagnostics: netCDF, summary, PSIS k-hat, plots")
     p.add_argument("--out", required=True, help="output .nc (plots and tables beside it)")
     p.add_argument("--n-cells", type=POSITIVE_INT, default=200, help="cells in the predictive check")
@@ -475,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-FILE_OUTPUTS = ("qc", "effects", "sample", "counterfactual", "diagnose")
+FILE_OUTPUTS = ("qc", "effects", "sample", "counterfactual", "embed", "diagnose")
 
 
 def _check_output_file(path):

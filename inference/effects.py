@@ -60,6 +60,9 @@ def generate(model, guide, n_cells: int, *, dosage=None, artifact="clean", libra
     instead of samples.
     """
     names = names or {}
+    cfg = getattr(model, "config", None)
+    if cfg is not None and not (cfg.use_artifact_latents or cfg.artifact_to_decoder):
+        artifact = None  # no path from artifact to counts: every cell is generated the same way
     model_do = intervene(model, dosage=dosage, artifact=artifact, **names)
     device = model.device
     lib = None if library is None else torch.as_tensor(library, dtype=torch.float32, device=device)

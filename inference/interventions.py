@@ -1,9 +1,23 @@
 """Interventions through ``pyro.poutine.do``, with friendly values.
 
-:func:`intervene` returns the model under ``do`` for ``artifact`` and/or
-``dosage``. Values may be friendly: ``artifact="clean"`` (all kinds 0),
-``"artifact"`` (all 1), an artifact kind's name; ``dosage="A+B"`` or a target
-name or ``"control"``; or tensors.
+:func:`intervene` returns the model under ``do`` for any of its sample sites
+(:data:`INTERVENABLE`: ``dosage``, ``artifact``, ``basal``, ``library``,
+``effect``, ``mask``, ``artifact_effect``, ``target_effect``). Values may be
+friendly: ``artifact="clean"`` (all kinds 0), ``"artifact"`` (all 1), an
+artifact kind's name; ``dosage="A+B"`` or a target name or ``"control"``; or
+tensors broadcastable to the site (per-cell sites: one value for every cell or
+one per cell).
+
+A **soft intervention** gives a Pyro distribution instead of a value: the
+site keeps running but its mechanism is replaced (``basal=dist.Normal(2., 1.)``
+draws every cell's basal state from N(2, 1) instead of the prior;
+``dosage=dist.Bernoulli(0.3)`` assigns each target at random). The site is
+then marked observed in traces (its value was set by the intervention), so an
+outer ``poutine.replay`` of a guide trace does not overwrite it.
+
+An intervention that cannot change anything downstream is refused: ``artifact``
+on a model without a path from artifact to counts (``sams``, ``cpa``,
+``svae+``), or a global site the model does not have.
 
 **About Pyro's** ``do``: it cuts the intervened site from its causes. The
 value that flows downstream is the intervention, recorded under the mangled
@@ -33,14 +47,18 @@ Example
 from __future__ import annotations
 
 import numpy as np
+import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.poutine.messenger import Messenger
 
 from cradle_pyro.errors import CradleInputError
 from cradle_pyro.model import _batch_size
 from cradle_pyro.splits import targets_of
 
-INTERVENABLE = ("dosage", "artifact")
+INTERVENABLE = ("dosage", "artifact", "basal", "library", "effect", "mask", "artifact_effect",
+                "target_effect")
+PER_CELL = ("dosage", "artifact", "basal", "library")
 
 
 def artifact_value(value, n_artifacts: int, artifact_names=None) -> torch.Tensor:
@@ -75,8 +93,8 @@ def dosage_value(value, perturbation_names, control_label="control", separator="
 
 
 def intervene(model, *, dosage=None, artifact=None, perturbation_names=None,
-              artifact_names=None, control_label="control", separator="+"):
-    """The model under ``do(dosage=..., artifact=...)``, with Pyro's ``__CF`` renaming hidden.
+              artifact_names=None, control_label="control", separator="+", **sites):
+    """The model under ``do(...)`` on any site, with Pyro's ``__CF`` renaming hidden.
 
     Parameters
     ----------
@@ -88,31 +106,109 @@ def intervene(model, *, dosage=None, artifact=None, perturbation_names=None,
     perturbation_names, artifact_names
         Needed for names; default to ``P0…`` style names of the model's size
         when absent (tensors need none).
+    **sites
+        Any other site of :data:`INTERVENABLE`: a tensor (hard intervention)
+        or a Pyro distribution (soft intervention).
 
     Returns
     -------
     callable
         Same signature as ``model``.
+
+    Example
+    -------
+    >>> import torch, pyro.distributions as dist
+    >>> from pyro import poutine
+    >>> from cradle_pyro.model import CradleModel
+    >>> model = CradleModel(n_genes=20, n_perturbations=2, n_artifacts=1)
+    >>> tr = poutine.trace(intervene(model, basal=torch.zeros(10))).get_trace(n_cells=3)
+    >>> tr.nodes["basal"]["value"].abs().sum().item()
+    0.0
+    >>> soft = intervene(model, basal=dist.Normal(5.0, 0.1))
+    >>> poutine.trace(soft).get_trace(n_cells=3).nodes["basal"]["value"].mean().round().item()
+    5.0
     """
     P, A = model.n_perturbations, model.n_artifacts
-    fixed = {}
+    unknown = sorted(set(sites) - set(INTERVENABLE))
+    if unknown:
+        raise CradleInputError(f"cannot intervene on {unknown}: intervenable sites are "
+                               f"{list(INTERVENABLE)}")
+    config = getattr(model, "config", None)
+    if artifact is not None and config is not None and not (
+            config.use_artifact_latents or config.artifact_to_decoder):
+        raise CradleInputError(
+            f"model {config.model!r} has no path from artifact to counts: do(artifact=...) "
+            "would return the factual answer unchanged; use model='cradle'")
+    fixed, soft = {}, {}
     if dosage is not None:
-        fixed["dosage"] = dosage_value(dosage, perturbation_names or [f"P{i}" for i in range(P)],
-                                       control_label, separator)
-        if fixed["dosage"].shape[-1] != P:
-            raise CradleInputError(f"dosage has {fixed['dosage'].shape[-1]} columns; the model has {P} targets")
+        if isinstance(dosage, dist.Distribution):
+            soft["dosage"] = dosage
+        else:
+            fixed["dosage"] = dosage_value(dosage, perturbation_names or [f"P{i}" for i in range(P)],
+                                           control_label, separator)
+            if fixed["dosage"].shape[-1] != P:
+                raise CradleInputError(
+                    f"dosage has {fixed['dosage'].shape[-1]} columns; the model has {P} targets")
     if artifact is not None:
-        fixed["artifact"] = artifact_value(artifact, A, artifact_names)
-        if fixed["artifact"].shape[-1] != A:
-            raise CradleInputError(f"artifact has {fixed['artifact'].shape[-1]} columns; the model has {A} kinds")
+        if isinstance(artifact, dist.Distribution):
+            soft["artifact"] = artifact
+        else:
+            fixed["artifact"] = artifact_value(artifact, A, artifact_names)
+            if fixed["artifact"].shape[-1] != A:
+                raise CradleInputError(
+                    f"artifact has {fixed['artifact'].shape[-1]} columns; the model has {A} kinds")
+    for name, value in sites.items():
+        if value is None:
+            continue
+        if isinstance(value, dist.Distribution):
+            soft[name] = value
+        else:
+            fixed[name] = torch.as_tensor(value, dtype=torch.float32)
     device = model.device
 
     def intervened(*args, **kwargs):
         n = _batch_size(kwargs.get("counts"), kwargs.get("dosage"), kwargs.get("artifact"),
                         kwargs.get("library"), kwargs.get("n_cells"))
-        values = {k: v.to(device).expand(n, v.shape[-1]) for k, v in fixed.items()}
+        values = {k: _per_cell(k, v.to(device), n) for k, v in fixed.items()}
         # observed values of intervened sites are replaced, not conditioned on
-        kwargs = {k: (None if k in values else v) for k, v in kwargs.items()}
-        return poutine.condition(poutine.do(model, data=values), data=values)(*args, **kwargs)
+        kwargs = {k: (None if k in values or k in soft else v) for k, v in kwargs.items()}
+        with SoftIntervention(soft, model):
+            return poutine.condition(poutine.do(model, data=values), data=values)(*args, **kwargs)
 
     return intervened
+
+
+def _per_cell(name, value, n):
+    """Per-cell sites get one row per cell; globals are used as given."""
+    if name not in PER_CELL:
+        return value
+    if name == "library":
+        return value.expand(n) if value.dim() <= 1 and value.numel() in (1, n) else value
+    return value.expand(n, value.shape[-1])
+
+
+class SoftIntervention(Messenger):
+    """Replace the mechanism (distribution) of named sites; the value is drawn from it.
+
+    The new distribution is broadcast to the site's batch and event shape; the
+    site is marked observed so that an outer ``poutine.replay`` keeps the drawn
+    value.
+    """
+
+    def __init__(self, mechanisms: dict, model=None):
+        super().__init__()
+        self.mechanisms = mechanisms
+        self.device = getattr(model, "device", None)
+
+    def _process_message(self, msg):
+        if msg["type"] != "sample" or msg["name"] not in self.mechanisms:
+            return
+        old = msg["fn"]
+        new = self.mechanisms[msg["name"]]
+        shape = old.batch_shape + old.event_shape
+        if new.event_dim == 0:
+            new = new.expand(shape).to_event(old.event_dim)
+        value = new.sample()
+        if self.device is not None:
+            value = value.to(self.device)
+        msg["fn"], msg["value"], msg["is_observed"] = new, value, True

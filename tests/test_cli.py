@@ -83,6 +83,12 @@ def test_qc_effects_sample_counterfactual_evaluate_diagnose(screen, run_dir, tmp
     assert (tmp_path / "report" / "report.md").exists()
     assert (tmp_path / "report" / "figures" / "ate_scatter.png").stat().st_size > 1000
 
+    assert main(["embed", str(run_dir), "--out", str(tmp_path / "embed.h5ad"), "--umap",
+                 str(tmp_path / "umap.png")]) == 0
+    emb = ad.read_h5ad(tmp_path / "embed.h5ad")
+    assert emb.obsm["X_cradle_basal"].shape == (emb.n_obs, 4)
+    assert (tmp_path / "umap.png").stat().st_size > 1000
+
     assert main(["diagnose", str(run_dir), "--out", str(tmp_path / "post.nc"), "--n-cells", "20",
                  "--draws", "10"]) == 0
     assert (tmp_path / "post.nc").exists() and (tmp_path / "post_summary.csv").exists()

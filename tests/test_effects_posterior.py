@@ -76,3 +76,24 @@ def test_counterfactuals_and_individual_effects_carry_intervals(run):
     # removing an artifact a clean cell does not have changes nothing
     np.testing.assert_allclose(cf.layers["effect_lower"][clean], 0, atol=1e-4)
     assert cf.uns["interval"] == 0.9
+
+
+def test_latent_representations_separate_conditions_only_in_the_full_latent(run):
+    import anndata as ad
+
+    from inference.embeddings import add_latents
+
+    data = run.data
+    cells = ad.AnnData(X=data.counts, obs={"c": list(data.conditions)})
+    cells.obs_names = data.obs_names
+    add_latents(cells, run.model, run.guide, data)
+
+    def share_between(x):  # η²: share of variance explained by the condition
+        groups = cells.obs["c"].to_numpy()
+        means = {g: x[groups == g].mean(0) for g in set(groups)}
+        between = sum((groups == g).sum() * ((m - x.mean(0)) ** 2).sum() for g, m in means.items())
+        return between / ((x - x.mean(0)) ** 2).sum()
+
+    basal, latent = cells.obsm["X_cradle_basal"], cells.obsm["X_cradle_latent"]
+    assert basal.shape == (data.n_cells, run.model.latent_dim) and np.isfinite(latent).all()
+    assert share_between(basal) < share_between(latent)

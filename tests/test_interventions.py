@@ -92,3 +92,38 @@ def test_counterfactual_is_aligned_and_factual_beside_it(run):
     assert diff[art].min() > 0 and np.allclose(diff[~art], 0, atol=1e-3)
     switched = counterfactual(run.model, run.guide, run.data, dosage="P0", split="val")
     assert (switched.obs["do_dosage"] == "P0").all()
+
+
+def test_interventions_on_any_site_hard_and_soft(run):
+    import pyro.distributions as dist
+
+    model = run.model
+    tr = poutine.trace(intervene(model, basal=torch.zeros(model.latent_dim))).get_trace(n_cells=4)
+    assert tr.nodes["basal"]["value"].abs().max() == 0 and "basal__CF" not in tr.nodes
+    effect = torch.ones(model.n_perturbations, model.latent_dim)
+    tr = poutine.trace(intervene(model, effect=effect, dosage="P0")).get_trace(n_cells=3)
+    assert torch.equal(tr.nodes["effect"]["value"], effect)
+    tr = poutine.trace(intervene(model, library=torch.tensor(500.0))).get_trace(n_cells=3)
+    assert torch.equal(tr.nodes["library"]["value"], torch.full((3,), 500.0))
+    soft = poutine.trace(intervene(model, basal=dist.Normal(3.0, 0.01))).get_trace(n_cells=50)
+    assert abs(float(soft.nodes["basal"]["value"].mean()) - 3.0) < 0.05
+    # a soft intervention survives replay of a guide trace (it is not overwritten)
+    gtr = poutine.trace(run.guide).get_trace(n_cells=50)
+    replayed = poutine.trace(poutine.replay(intervene(model, dosage=dist.Bernoulli(1.0)),
+                                            trace=gtr)).get_trace(n_cells=50)
+    assert replayed.nodes["dosage"]["value"].min() == 1.0
+    # composes with poutine.condition around it
+    cond = poutine.condition(intervene(model, artifact="clean"),
+                             data={"basal": torch.zeros(5, model.latent_dim)})
+    tr = poutine.trace(cond).get_trace(n_cells=5)
+    assert tr.nodes["basal"]["value"].abs().max() == 0 and tr.nodes["artifact"]["value"].max() == 0
+    with pytest.raises(CradleInputError, match="cannot intervene on"):
+        intervene(model, counts=torch.zeros(3))
+
+
+def test_artifact_intervention_on_a_model_without_artifact_path_is_refused():
+    from cradle_pyro import CradleModel, ModelConfig
+
+    sams = CradleModel(20, 2, 1, ModelConfig(model="sams"))
+    with pytest.raises(CradleInputError, match="no path from artifact to counts"):
+        intervene(sams, artifact="clean")
