@@ -94,6 +94,11 @@ TRAIN_OPTIONS = {
     "mask_prob": ("model", float, 0.1, "prior probability that a perturbation moves a latent dim"),
     "target_effect_scale": ("model", float, 2.0, "prior scale of the direct effect on a "
                             "perturbation's own target gene (natural log)"),
+    "target_effects": ("model", bool, True, "direct effect of a perturbation on its own target "
+                       "gene when the target is measured (--no-target-effects: off)"),
+    "on_divergence": ("train", str, "lower-lr", "on a numerical fault: lower-lr (restore, halve "
+                      "the learning rate, retry) or stop"),
+    "max_lr_halvings": ("train", int, 4, "how often lower-lr may halve the learning rate"),
     "guide": ("train", str, "correlated", "correlated or mean-field"),
     "device": ("train", str, "cpu", "cpu or cuda"),
     "seed": ("train", int, 0, "random seed (same seed, same numbers on CPU)"),
@@ -144,7 +149,8 @@ def resolve_train_options(args) -> dict:
             raise CradleInputError(f"{path.name} must hold `key: value` pairs, not a "
                                    f"{type(loaded).__name__}")
         _check_yaml_types(loaded, path.name)
-        unknown = set(loaded) - set(opts) - {"perturbation_key", "control"}
+        unknown = set(loaded) - set(opts) - set(YAML_ONLY) - {"perturbation_key", "control",
+                                                                   "progress"}
         if unknown:
             raise CradleInputError(f"unknown keys in {path.name}: {sorted(unknown)}; "
                                    f"valid keys: {sorted(opts)}")
@@ -173,14 +179,30 @@ def _check_yaml_types(loaded: dict, name: str):
             check_value(key, value, kinds[typ], owner=name)
         elif typ is str and not isinstance(value, str):
             raise CradleInputError(f"{name}: {key}={value!r} must be text")
+    if "mask_beta" in loaded and not (isinstance(loaded["mask_beta"], list)
+                                      and len(loaded["mask_beta"]) == 2):
+        raise CradleInputError(f"{name}: mask_beta must be a list [a, b] of the Beta prior")
+    if "priors" in loaded and not (isinstance(loaded["priors"], dict)
+                                   and all(isinstance(v, str) for v in loaded["priors"].values())):
+        raise CradleInputError(f"{name}: priors must map sites to prior names, "
+                               "e.g. {effect: laplace}; distributions objects need the Python API")
+    if "progress" in loaded and not isinstance(loaded["progress"], bool):
+        raise CradleInputError(f"{name}: progress={loaded['progress']!r} must be true or false")
     if "qc_columns" in loaded and not isinstance(loaded["qc_columns"], dict):
         raise CradleInputError(f"{name}: qc_columns must map criteria to obs columns, "
                                "e.g. {low_total_counts: total_counts_transcriptome}")
 
 
+# settable in YAML only (structured values): key -> (section, check)
+YAML_ONLY = {"mask_beta": "model", "priors": "model"}
+
+
 def configs_from_options(opts):
-    mc = ModelConfig(**{k: opts[k] for k, s in TRAIN_OPTIONS.items() if s[0] == "model"})
-    tc = TrainConfig(**{k: opts[k] for k, s in TRAIN_OPTIONS.items() if s[0] == "train"})
+    model_keys = [k for k, s in TRAIN_OPTIONS.items() if s[0] == "model"]
+    model_keys += [k for k, section in YAML_ONLY.items() if section == "model" and k in opts]
+    mc = ModelConfig(**{k: opts[k] for k in model_keys})
+    tc = TrainConfig(**{k: opts[k] for k, s in TRAIN_OPTIONS.items() if s[0] == "train"},
+                     progress=opts.get("progress", True))
     return mc, tc
 
 
@@ -471,7 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace the run already in --out (nothing of it is kept)")
     for key, (_, typ, default, help_text) in TRAIN_OPTIONS.items():
         flag = "--" + key.replace("_", "-")
-        if typ is bool:
+        if typ is bool and default is True:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif typ is bool:
             p.add_argument(flag, action="store_const", const=True, default=None, help=help_text)
         else:
             p.add_argument(flag, type=typ, default=None, help=f"{help_text} (default {default})")

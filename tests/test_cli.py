@@ -113,3 +113,29 @@ def test_help_teaches_with_examples():
     out = subprocess.run([sys.executable, "-m", "inference.cli", "train", "--help"],
                          capture_output=True, text=True).stdout
     assert "examples:" in out and "--split" in out and "YAML" in out
+
+
+def test_every_config_field_is_settable_from_the_command_line_or_yaml(tmp_path):
+    import dataclasses
+
+    from cradle_pyro import ModelConfig
+    from inference import TrainConfig
+    from inference.cli import TRAIN_OPTIONS, YAML_ONLY, configs_from_options, resolve_train_options
+
+    settable = set(TRAIN_OPTIONS) | set(YAML_ONLY) | {"progress"}
+    for cls in (ModelConfig, TrainConfig):
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in settable]
+        assert not missing, f"{cls.__name__} fields not settable: {missing}"
+    config = tmp_path / "all.yaml"
+    config.write_text("mask_beta: [2, 8]\npriors: {effect: laplace}\non_divergence: stop\n"
+                      "target_effects: false\nmask_prob: 0.3\nselect: ate\nwarmup: 2\n")
+    import argparse
+
+    from inference.cli import build_parser
+
+    args = build_parser().parse_args(["train", "x.h5ad", "--out", "r", "--config", str(config),
+                                      "--no-target-effects", "--max-lr-halvings", "2"])
+    mc, tc = configs_from_options(resolve_train_options(args))
+    assert mc.mask_beta == [2, 8] and mc.priors == {"effect": "laplace"} and mc.mask_prob == 0.3
+    assert mc.target_effects is False and tc.on_divergence == "stop" and tc.max_lr_halvings == 2
+    assert tc.select == "ate" and tc.warmup == 2
