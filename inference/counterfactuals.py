@@ -40,6 +40,7 @@ from pyro import poutine
 
 from .effects import _names
 from .interventions import artifact_value, intervene
+from .seeding import keeps_global_rng
 
 
 def _predict(model_fn, guide_trace, kwargs):
@@ -85,6 +86,7 @@ def quantile_counts(fn, u: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(np.nan_to_num(out), dtype=torch.float32, device=u.device)
 
 
+@keeps_global_rng
 def counterfactual(model, guide, data, *, artifact=None, dosage=None, split=None,
                    num_samples: int = 1, batch_size: int = 512, seed: int = 0,
                    device=None, interval: float = 0.9, noise: str = "shared") -> ad.AnnData:
@@ -175,6 +177,7 @@ def counterfactual(model, guide, data, *, artifact=None, dosage=None, split=None
                       uns={"interval": interval, "num_samples": num_samples})
 
 
+@keeps_global_rng
 def artifact_log_likelihood_ratio(model, guide, data, split=None, batch_size=512,
                                   num_samples: int = 4, seed: int = 0) -> np.ndarray:
     """Per cell: log p(x | artifact=1) − log p(x | artifact=0), each with the basal

@@ -41,6 +41,7 @@ import torch
 from pyro import poutine
 
 from .objective import per_cell_log_weights
+from .seeding import keeps_global_rng
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
@@ -66,6 +67,7 @@ def _subset(data, n_cells, split, seed):
     return np.sort(rng.choice(idx, min(n_cells, len(idx)), replace=False))
 
 
+@keeps_global_rng
 def _draws(run, batch, num_draws, num_inner, seed):
     """Per draw: global values, predictive counts, pointwise log-likelihood."""
     model, guide = run.model, run.guide
@@ -132,6 +134,7 @@ def to_arviz(runs, data, *, n_cells: int = 100, num_draws: int = 100, num_inner:
     return idata
 
 
+@keeps_global_rng
 def psis_khat(run, data, *, split: str | None = "test", n_cells: int = 500,
               num_particles: int = 200, seed: int = 0) -> dict:
     """PSIS k-hat of the guide, per cell and overall.

@@ -32,6 +32,7 @@ from pyro import poutine
 
 from .interventions import intervene
 from .objective import PARTICLE_DIM
+from .seeding import keeps_global_rng
 
 
 def perturbseq_normalise(x):
@@ -82,6 +83,7 @@ def _names(data):
                 control_label=data.control_label, separator=data.separator)
 
 
+@keeps_global_rng
 def sample_cells(model, guide, data, condition: str, n: int = 200, artifact="clean",
                  library=None, seed: int = 0, globals: str = "per-cell") -> ad.AnnData:
     """``n`` generated cells under ``do(dosage=condition, artifact=artifact)`` as AnnData.
@@ -114,6 +116,7 @@ def sample_cells(model, guide, data, condition: str, n: int = 200, artifact="cle
                       var=pd.DataFrame(index=data.gene_names))
 
 
+@keeps_global_rng
 def condition_draws(model, guide, data, condition, *, num_draws: int = 100, n_cells: int = 200,
                     artifact="clean", seed: int = 0, max_elements: int = 20_000_000) -> np.ndarray:
     """Mean perturbseq-normalised expression under ``condition``, one row per posterior draw.

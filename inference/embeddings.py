@@ -33,8 +33,10 @@ import torch
 from pyro import poutine
 
 from .objective import _location
+from .seeding import keeps_global_rng
 
 
+@keeps_global_rng
 def latent_representation(model, guide, data, *, num_samples: int = 4, batch_size: int = 512,
                           seed: int = 0) -> dict:
     """Per cell (in ``data`` order): ``basal`` (n × d) and ``latent`` (n × decoder input)."""

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 from scipy.spatial.distance import cdist
 
+from .seeding import keeps_global_rng
+
 
 def _pearson(a, b):
     if np.std(a) == 0 or np.std(b) == 0:
@@ -72,6 +74,7 @@ def qc_pass_rate(thresholds, adata) -> float:
     return float(1 - thresholds.judge(adata)["artifact"].mean())
 
 
+@keeps_global_rng
 def basal_leakage(model, guide, data, split=None, batch_size: int = 512, seed: int = 0) -> pd.DataFrame:
     """How much of each condition sits in the basal state, per condition.
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import random
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from cradle_pyro.model import CradleModel
 from cradle_pyro.validation import check_choice, check_fields
 
 from .objective import ALIGNMENT_WEIGHTINGS, CradleELBO
+from .seeding import _rng_kept, _rng_state, _set_rng_state
 from .selection import SELECT, ValidationEffects
 
 # which history column each selection criterion minimises
@@ -140,38 +140,6 @@ def _resolve_device(device: str) -> torch.device:
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise CradleInputError("device='cuda' but no CUDA GPU is visible; use device='cpu'")
     return torch.device(device)
-
-
-def _rng_state() -> dict:
-    """RNG states as tensors and plain lists, loadable with ``weights_only=True``."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss = random.getstate()
-    state = {"torch": torch.get_rng_state(),
-             "numpy": [kind, torch.as_tensor(keys.astype(np.int64)), pos, has_gauss, cached],
-             "python": [version, list(internal), gauss]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict):
-    torch.set_rng_state(state["torch"].cpu())
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([t.cpu() for t in state["cuda"]])
-
-
-class _rng_kept:
-    """Restore every RNG fit uses (torch, numpy, python) on exit."""
-
-    def __enter__(self):
-        self._state = _rng_state()
-
-    def __exit__(self, *exc):
-        _set_rng_state(self._state)
 
 
 def load_tensors(path, device="cpu"):
