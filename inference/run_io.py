@@ -57,12 +57,13 @@ from cradle_pyro.config import ModelConfig
 from cradle_pyro.data import PerturbationData
 from cradle_pyro.errors import CradleInputError
 from cradle_pyro.guides import make_guide
-from cradle_pyro.model import CradleModel
+from cradle_pyro.model import CradleModel, target_gene_index
 from cradle_pyro.qc import QCThresholds
 
 from .train import TrainConfig, TrainedRun, atomic_save, fit, load_tensors
 
 SPLIT_COLUMN = "cradle_split"
+LIBRARY_COLUMN = "cradle_library"
 ARTIFACT_PREFIX = "cradle_artifact_"
 
 
@@ -289,6 +290,7 @@ def _write_run(run: TrainedRun, path: Path):
     cells = pd.DataFrame(data.artifact, index=data.obs_names,
                          columns=[ARTIFACT_PREFIX + a for a in data.artifact_names])
     cells.insert(0, SPLIT_COLUMN, data.split)
+    cells[LIBRARY_COLUMN] = data.library
     cells.to_csv(path / "cells.csv")
 
 
@@ -308,7 +310,8 @@ def rebuild_data(run_dir, adata: ad.AnnData | None = None) -> PerturbationData:
                 f"the run's training file {src!r} is not available; pass the AnnData it was trained on")
         adata = read_anndata(src)
         source = f"the training file {src!r}"
-    cells = pd.read_csv(run_dir / "cells.csv", index_col=0)
+    cells = pd.read_csv(run_dir / "cells.csv", index_col=0).drop(columns=[LIBRARY_COLUMN],
+                                                                  errors="ignore")
     missing = cells.index.difference(adata.obs_names.astype(str))
     if len(missing):
         raise CradleInputError(
@@ -333,20 +336,91 @@ def rebuild_data(run_dir, adata: ad.AnnData | None = None) -> PerturbationData:
     return data
 
 
+class RunData:
+    """What a run folder knows without its training file.
+
+    Names (genes, targets, artifact kinds, conditions), the control label and
+    separator, and per training cell its split, artifact labels and library
+    size: enough for effects, interventional sampling and counterfactuals of
+    new cells; commands that need the training cells' counts (evaluate,
+    diagnose, embed, counterfactuals of the training cells) say so.
+    """
+
+    is_stand_in = True
+
+    def __init__(self, run_dir: Path, config: dict):
+        names = json.loads((run_dir / "names.json").read_text())
+        cells = pd.read_csv(run_dir / "cells.csv", index_col=0)
+        self.gene_names, self.perturbation_names = names["genes"], names["perturbations"]
+        self.artifact_names, self.condition_names = names["artifacts"], names["conditions"]
+        self.control_label = config["data"]["control_label"]
+        self.separator = config["data"]["separator"]
+        self.obs_names = list(cells.index.astype(str))
+        self.split = cells[SPLIT_COLUMN].to_numpy(dtype=object)
+        self.artifact = cells[[ARTIFACT_PREFIX + a for a in self.artifact_names]].to_numpy(
+            dtype=np.float32)
+        if LIBRARY_COLUMN not in cells:
+            raise CradleInputError(f"{str(run_dir)!r} was saved by an earlier release without "
+                                   "library sizes; pass the training AnnData to load it")
+        self.library = cells[LIBRARY_COLUMN].to_numpy(dtype=np.float32)
+        qc_path = run_dir / "qc_thresholds.json"
+        self.qc_thresholds = (QCThresholds.from_dict(json.loads(qc_path.read_text()))
+                              if qc_path.exists() else None)
+        self.gene_mean = self.gene_std = None  # filled from the guide's state
+
+    n_genes = property(lambda self: len(self.gene_names))
+    n_perturbations = property(lambda self: len(self.perturbation_names))
+    n_artifacts = property(lambda self: len(self.artifact_names))
+    n_cells = property(lambda self: len(self.obs_names))
+
+    def indices(self, split=None) -> np.ndarray:
+        return np.arange(self.n_cells) if split is None else np.flatnonzero(self.split == split)
+
+    dosage_of = PerturbationData.dosage_of
+
+    def __getattr__(self, name):
+        if name in ("counts", "batches", "conditions", "dosage", "batch"):
+            raise CradleInputError(
+                "this needs the training cells' counts, and the run's training file is not "
+                "available; pass the training AnnData (load_run(run, adata=...))")
+        raise AttributeError(name)
+
+
 def load_run(run_dir, adata: ad.AnnData | None = None, device="cpu") -> TrainedRun:
-    """Load a run folder written by :func:`save_run` (tensors only, ``weights_only=True``)."""
+    """Load a run folder written by :func:`save_run` (tensors only, ``weights_only=True``).
+
+    Without ``adata``, the training file named in ``config.json`` is read and
+    checked against the run's fingerprint; when that file is gone, the run
+    loads with a :class:`RunData` stand-in (and a warning): effects,
+    sampling and counterfactuals of new cells still work.
+    """
     run_dir = Path(run_dir)
     recover_run_folder(run_dir)
     if not (run_dir / "config.json").exists():
         raise CradleInputError(f"{str(run_dir)!r} is not a run folder (no config.json)")
     config = json.loads((run_dir / "config.json").read_text())
-    data = rebuild_data(run_dir, adata)
     mc = ModelConfig.from_dict(config["model"])
     tc = TrainConfig(**config["train"])
-    model = CradleModel.from_data(data, mc)
-    guide = make_guide(config["guide"], model, data.gene_mean, data.gene_std)
+    src = config["data"]["path"]
+    if adata is None and (src is None or not Path(src).exists()):
+        import warnings
+
+        warnings.warn(f"the run's training file {src!r} is not available: loaded without its "
+                      "cells (effects, sampling and counterfactuals of new cells work)",
+                      UserWarning, stacklevel=2)
+        data = RunData(run_dir, config)
+        model = CradleModel(data.n_genes, data.n_perturbations, data.n_artifacts, mc,
+                            target_gene=target_gene_index(data.perturbation_names, data.gene_names))
+        guide = make_guide(config["guide"], model)
+    else:
+        data = rebuild_data(run_dir, adata)
+        model = CradleModel.from_data(data, mc)
+        guide = make_guide(config["guide"], model, data.gene_mean, data.gene_std)
     model.load_state_dict(load_tensors(run_dir / "model.pt", device))
     guide.load_state_dict(load_tensors(run_dir / "guide.pt", device))
+    if getattr(data, "is_stand_in", False):
+        data.gene_mean = guide.gene_mean.cpu().numpy()
+        data.gene_std = guide.gene_std.cpu().numpy()
     model.to(device).eval()
     guide.to(device).eval()
     history = pd.read_csv(run_dir / "history.csv")

@@ -109,3 +109,25 @@ def test_divergence_is_caught_restored_and_never_saved(trained):
             fit(run.data, TrainConfig(epochs=2, lr=10.0, progress=False))
         except TrainingDiverged:
             pass  # halving four times may not be enough; it must then say so, not save
+
+
+def test_effects_and_sampling_work_without_the_training_file(trained, tmp_path):
+    import shutil
+
+    from inference.effects import model_ate, sample_cells
+
+    root, path, run = trained
+    moved = tmp_path / "screen.h5ad"
+    shutil.copy(path, moved)
+    run2 = train_from_file(moved, TrainConfig(epochs=1, progress=False, num_particles=1),
+                           doublets=False)
+    save_run(run2, tmp_path / "run")
+    moved.unlink()  # the training file is gone
+    with pytest.warns(UserWarning, match="not available"):
+        loaded = load_run(tmp_path / "run")
+    ate = model_ate(loaded.model, loaded.guide, loaded.data, ["P0"], num_draws=5, n_cells=20)
+    reference = model_ate(run2.model, run2.guide, run2.data, ["P0"], num_draws=5, n_cells=20)
+    np.testing.assert_allclose(ate.to_numpy(), reference.to_numpy(), rtol=1e-4, atol=1e-5)
+    assert sample_cells(loaded.model, loaded.guide, loaded.data, "P0", n=10).n_obs == 10
+    with pytest.raises(CradleInputError, match="needs the training cells' counts"):
+        loaded.data.batches("train", 10)
