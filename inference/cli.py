@@ -102,6 +102,7 @@ TRAIN_OPTIONS = {
     "guide": ("train", str, "correlated", "correlated or mean-field"),
     "device": ("train", str, "cpu", "cpu or cuda"),
     "seed": ("train", int, 0, "random seed (same seed, same numbers on CPU)"),
+    "threads": ("train", int, None, "CPU threads for torch during training (default: torch's)"),
     "split": ("data", str, "random", "random, unseen-combinations, or an obs column of train/val/test"),
     "layer": ("data", str, None, "layer holding raw counts (default: X)"),
     "separator": ("data", str, "+", "separator of combination labels (A+B)"),
@@ -457,6 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name, help_text):
         p = sub.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES[name],
                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        if name != "train":  # train takes it with its other options (TrainConfig.threads)
+            p.add_argument("--threads", type=POSITIVE_INT, default=None,
+                           help="CPU threads for torch (default: torch's own choice)")
         return p
 
     p = add("demo", "simulate a screen with artifacts, train cradle and sams, write a report")
@@ -575,13 +579,20 @@ def _check_output_file(path):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    import torch
+
+    threads = torch.get_num_threads()
     try:
         if args.command in FILE_OUTPUTS:
             _check_output_file(args.out)
+        if getattr(args, "threads", None):
+            torch.set_num_threads(args.threads)
         args.func(args)
     except (CradleInputError, FileNotFoundError) as err:
         print(f"cradle-pyro {args.command}: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        torch.set_num_threads(threads)  # in-process callers keep their own setting
     return 0
 
 

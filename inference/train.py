@@ -85,6 +85,7 @@ class TrainConfig:
     guide: str = "correlated"
     device: str = "cpu"
     seed: int = 0
+    threads: int | None = None
     progress: bool = True
 
     def __post_init__(self):
@@ -118,6 +119,7 @@ _TRAIN_RULES = {
     "independence": ("float", 0, None),
     "class_balance": ("float", 0, 1, {"low_open": True, "high_open": True, "optional": True}),
     "seed": ("int", 0, None),
+    "threads": ("int", 1, None, {"optional": True}),
     "progress": ("bool", None, None),
 }
 
@@ -261,16 +263,7 @@ def evaluate_loss(objective, model, guide, data, split, batch_size, device) -> d
     return {k: v / n / num for k, v in totals.items()}
 
 
-def fit(
-    data: PerturbationData,
-    train_config: TrainConfig | None = None,
-    model_config: ModelConfig | None = None,
-    *,
-    model: CradleModel | None = None,
-    guide=None,
-    checkpoint_dir: str | os.PathLike | None = None,
-    resume: bool = False,
-) -> TrainedRun:
+def fit(data, train_config=None, model_config=None, **kwargs):
     """Train a model and guide on ``data``'s training cells.
 
     Parameters
@@ -280,21 +273,46 @@ def fit(
     train_config, model_config
         :class:`TrainConfig` and :class:`~cradle_pyro.config.ModelConfig`.
     model, guide
-        Bring your own (any Pyro guide with the model's signature, e.g. an
-        ``AutoGuideList``); by default built from the configs.
+        Bring your own (any Pyro guide with the model's signature, e.g. a
+        :class:`~cradle_pyro.guides.CombinedGuide` of an autoguide, a mask guide
+        and ``BasalGuide``); by default built from the configs.
     checkpoint_dir
         Where ``checkpoint.pt`` is written after every epoch.
     resume
         Continue from ``checkpoint_dir/checkpoint.pt`` (same data and configs).
 
+    ``train_config.threads`` sets torch's CPU threads for the training only:
+    the caller's setting is restored afterwards.
+
     Returns
     -------
     TrainedRun
-        With the best-validation state restored and the loss history
-        (per-cell terms: ``loss``, ``elbo``, ``loglik``, ``kl``, ``alignment``,
-        ``val_loss`` = validation −ELBO, which early stopping watches, and
-        ``val_alignment``).
+        With the state ``train_config.select`` chose restored and the loss
+        history (per-cell terms: ``loss``, ``elbo``, ``loglik``, ``kl``,
+        ``alignment``, ``leakage``, ``val_loss`` = validation −ELBO,
+        ``val_alignment``, and ``val_ate_error`` with ``select="ate"``).
     """
+    threads = torch.get_num_threads()
+    tc = train_config or TrainConfig()
+    try:
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        return _fit(data, tc, model_config, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(
+    data: PerturbationData,
+    train_config: TrainConfig | None = None,
+    model_config: ModelConfig | None = None,
+    *,
+    model: CradleModel | None = None,
+    guide=None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+) -> TrainedRun:
+    """The body of :func:`fit` (which sets and restores the thread count)."""
     tc = train_config or TrainConfig()
     mc = model_config or (model.config if model is not None else ModelConfig())
     device = _resolve_device(tc.device)
