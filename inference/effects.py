@@ -261,14 +261,3 @@ def data_ate(data, perturbations=None, split=None, clean_only=False) -> pd.DataF
         cells = np.flatnonzero(in_split & (conditions == p))
         rows.append(perturbseq_normalise(data.counts[cells]).mean(0) - base)
     return pd.DataFrame(np.stack(rows), index=list(perturbations), columns=data.gene_names)
-
-
-def additive_ate(data, perturbations, split="train") -> pd.DataFrame:
-    """The additive baseline: a combination's ATE as the sum of its singles' data ATEs."""
-    from cradle_pyro.splits import targets_of
-
-    singles = sorted({t for p in perturbations for t in targets_of(p, data.control_label, data.separator)})
-    single_ate = data_ate(data, singles, split=split)
-    rows = [single_ate.loc[targets_of(p, data.control_label, data.separator)].sum(0)
-            for p in perturbations]
-    return pd.DataFrame(np.stack(rows), index=list(perturbations), columns=data.gene_names)

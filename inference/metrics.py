@@ -17,32 +17,21 @@ from scipy.spatial.distance import cdist
 from .seeding import keeps_global_rng
 
 
-def _pearson(a, b):
-    if np.std(a) == 0 or np.std(b) == 0:
-        return np.nan
-    return float(np.corrcoef(a, b)[0, 1])
-
-
-def _r2(pred, true):
-    ss = np.sum((true - true.mean()) ** 2)
-    return float(1 - np.sum((true - pred) ** 2) / ss) if ss > 0 else np.nan
-
-
 def ate_metrics(predicted: pd.DataFrame, observed: pd.DataFrame, top_k: int = 20) -> pd.DataFrame:
-    """Per perturbation: Pearson r and R² over all genes and over the top-k DE genes
-    (largest |observed ATE|), and the Jaccard overlap of the top-k gene sets."""
+    """Per perturbation: Pearson r, R² and slope over all genes and over the top-k DE genes
+    (largest |observed ATE|), and the Jaccard overlap of the top-k gene sets.
+
+    One observed table, no noise ceiling: for scores against data use
+    :func:`inference.scoring.score_ates`, which also keeps the additive
+    baseline from sharing control cells with the truth.
+    """
+    from .scoring import score_pair
+
     rows = []
     for p in observed.index:
         o = observed.loc[p].to_numpy(dtype=float)
-        q = predicted.loc[p].to_numpy(dtype=float)
         top = np.argsort(-np.abs(o))[:top_k]
-        top_pred = np.argsort(-np.abs(q))[:top_k]
-        rows.append(dict(
-            perturbation=p,
-            pearson_all=_pearson(q, o), r2_all=_r2(q, o),
-            pearson_top=_pearson(q[top], o[top]), r2_top=_r2(q[top], o[top]),
-            jaccard_top=len(set(top) & set(top_pred)) / len(set(top) | set(top_pred)),
-        ))
+        rows.append(dict(perturbation=p, **score_pair(predicted.loc[p].to_numpy(dtype=float), o, top)))
     return pd.DataFrame(rows).set_index("perturbation")
 
 
