@@ -239,6 +239,12 @@ def save_run(run: TrainedRun, path, overwrite: bool = False, extra_files: dict |
     A ``checkpoints/`` folder inside ``path`` (from this training) is kept.
     """
     path = Path(path)
+    objects = {k: type(v).__name__ for k, v in run.model_config.priors.items() if not isinstance(v, str)}
+    if objects:
+        raise CradleInputError(
+            f"priors given as objects ({objects}) cannot be saved in a run folder (it never "
+            "pickles); use a named prior (ModelConfig(effect_prior='laplace', effect_scale=0.5) or "
+            "priors={'effect': 'laplace'}), or keep the trained run in memory")
     recover_run_folder(path)
     if path.exists() and (path / "config.json").exists() and not overwrite:
         raise CradleInputError(f"{str(path)!r} holds a trained run; pass overwrite=True to replace it")

@@ -131,3 +131,16 @@ def test_effects_and_sampling_work_without_the_training_file(trained, tmp_path):
     assert sample_cells(loaded.model, loaded.guide, loaded.data, "P0", n=10).n_obs == 10
     with pytest.raises(CradleInputError, match="needs the training cells' counts"):
         loaded.data.batches("train", 10)
+
+
+def test_priors_given_as_objects_are_refused_on_save_with_the_fix(trained, tmp_path):
+    import dataclasses
+
+    import pyro.distributions as dist
+
+    _, _, run = trained
+    custom = dataclasses.replace(run, model_config=dataclasses.replace(
+        run.model_config, priors={"effect": dist.Laplace(0.0, 0.5)}))
+    with pytest.raises(CradleInputError, match="cannot be saved in a run folder"):
+        save_run(custom, tmp_path / "custom")
+    assert not (tmp_path / "custom").exists()
