@@ -30,7 +30,7 @@ import torch
 
 from .errors import CradleInputError
 from .labels import normalise_labels
-from .validation import check_counts, check_shape_and_names
+from .validation import check_counts, check_shape_and_names, in_memory
 from .qc import CRITERIA, QCThresholds, label_artifacts
 from .references import ReferenceProfiles, build_reference_profiles
 from .splits import make_split, targets_of
@@ -206,7 +206,7 @@ class PerturbationData:
         if not keep.any():
             raise CradleInputError(f"dropping {list(drop_labels)} leaves no cell")
         view = adata[keep] if not keep.all() else adata
-        X = view.X if layer is None else view.layers[layer]
+        X = in_memory(view.X if layer is None else view.layers[layer])
         rounded = check_counts(X, non_integer_counts)
         counts = sp.csr_matrix(X, dtype=np.float32, copy=True)
         if rounded:

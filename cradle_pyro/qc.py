@@ -43,7 +43,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .errors import CradleInputError
-from .validation import check_counts, check_shape_and_names
+from .validation import check_counts, check_shape_and_names, in_memory
 
 CRITERIA = (
     "low_total_counts",
@@ -196,13 +196,13 @@ class QCThresholds:
 
 def _counts_matrix(adata: ad.AnnData, layer: str | None):
     if layer is None:
-        return adata.X
+        return in_memory(adata.X)
     if layer not in adata.layers:
         raise CradleInputError(
             f"layer {layer!r} not found; available layers: {sorted(adata.layers)} "
             "(pass layer=None to use X)"
         )
-    return adata.layers[layer]
+    return in_memory(adata.layers[layer])
 
 
 def qc_metrics(adata: ad.AnnData, layer: str | None = None) -> pd.DataFrame:

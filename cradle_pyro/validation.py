@@ -71,7 +71,7 @@ def check_fields(values: dict, rules: dict, owner: str):
 
 def check_counts(X, non_integer_counts: str) -> bool:
     """Raise on NaN, negative or (unless rounding) non-integer counts; True if rounding is due."""
-    mat = sp.csr_matrix(X)
+    mat = sp.csr_matrix(in_memory(X))
     if not np.issubdtype(mat.dtype, np.number):
         raise CradleInputError(f"counts have dtype {mat.dtype}; pass numeric raw UMI counts")
 
@@ -108,6 +108,19 @@ def check_counts(X, non_integer_counts: str) -> bool:
     return bool(frac.any())
 
 
+def in_memory(X):
+    """A count matrix in memory: backed AnnData's datasets are read (as CSR when sparse).
+
+    ``anndata.read_h5ad(path, backed="r")`` gives ``X`` as an on-disk dataset;
+    the library keeps counts as CSR in memory, so it is read once here.
+    """
+    if hasattr(X, "to_memory"):  # anndata's backed sparse datasets
+        return X.to_memory()
+    if type(X).__module__.startswith("h5py"):  # backed dense
+        return sp.csr_matrix(X[()])
+    return X
+
+
 def check_shape_and_names(adata):
     """A non-empty AnnData with unique cell and gene names."""
     if adata.n_obs == 0 or adata.n_vars == 0:
@@ -129,4 +142,4 @@ def check_choice(name: str, value, choices, owner: str = ""):
         raise CradleInputError(f"{where}{name}={_describe(value)}; choose one of {list(choices)}")
 
 
-__all__ = ["check_choice", "check_counts", "check_fields", "check_shape_and_names", "check_value"]
+__all__ = ["check_choice", "check_counts", "in_memory", "check_fields", "check_shape_and_names", "check_value"]

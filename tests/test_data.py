@@ -161,3 +161,15 @@ def test_labels_one_spelling_per_condition_and_separators_that_mean_what_they_sa
         PerturbationData.from_anndata(_labelled(base + ["P1_P4"] * 10), doublets=False, qc_k=100.0)
     with pytest.warns(UserWarning, match=r"never seen alone: \['P1\+P9'\]"):
         PerturbationData.from_anndata(_labelled(base + ["P1+P9"] * 10), doublets=False, qc_k=100.0)
+
+
+def test_backed_anndata_gives_the_same_data_as_in_memory(tmp_path):
+    from cradle_pyro import simulate_screen
+
+    path = tmp_path / "screen.h5ad"
+    simulate_screen(n_cells=300, n_genes=40, seed=0).write_h5ad(path)
+    backed = PerturbationData.from_anndata(ad.read_h5ad(path, backed="r"), doublets=False)
+    memory = PerturbationData.from_anndata(ad.read_h5ad(path), doublets=False)
+    assert (backed.counts != memory.counts).nnz == 0
+    np.testing.assert_array_equal(backed.artifact, memory.artifact)
+    np.testing.assert_array_equal(backed.split, memory.split)
