@@ -318,7 +318,14 @@ def learn_thresholds(
                 f"QC column {col!r} for criterion {crit!r} is not in obs; "
                 f"obs has {list(adata.obs.columns)}"
             )
+    from tqdm.auto import tqdm
+
+    # on a terminal, say where the minutes go (scrublet on 40,000 cells takes minutes)
+    bar = tqdm(total=3 if doublets and "doublet" not in columns else 2, desc="QC",
+               disable=None, leave=False)
+    bar.set_postfix_str(f"metrics of {adata.n_obs} cells")
     metrics = qc_metrics(adata, layer=layer)
+    bar.update()
     thresholds = QCThresholds(k=k, artifact_kinds=artifact_kinds)
     for criterion, (metric, direction, log1p_user) in _PANEL_METRIC.items():
         panel = _learn_rule(criterion, metric, _raw_metric(metrics, metric), direction,
@@ -336,8 +343,12 @@ def learn_thresholds(
         thresholds.doublet_column = columns["doublet"]
         metrics["predicted_doublet"] = adata.obs[columns["doublet"]].to_numpy(dtype=bool)
     elif doublets:
+        bar.update()
+        bar.set_postfix_str("scrublet doublet scores")
         metrics = metrics.join(predict_doublets(adata, layer=layer, seed=seed))
         thresholds.doublet_column = "predicted_doublet"
+    bar.update()
+    bar.close()
     return thresholds, metrics
 
 
