@@ -4,14 +4,22 @@ Imports :mod:`cradle_pyro` (the model side); never the reverse.
 """
 
 from .counterfactuals import counterfactual
-from .effects import data_ate, model_ate, sample_cells
+from .effects import PosteriorATE, data_ate, model_ate, posterior_ate, sample_cells
+from .embeddings import add_latents, latent_representation
 from .interventions import intervene
 from .objective import CradleELBO, SiteScale, iwelbo
 from .run_io import load_run, save_run
+from .scoring import score_ates, summarise_scores
 from .train import TrainConfig, TrainedRun, fit
 
 __all__ = [
     "CradleELBO",
+    "PosteriorATE",
+    "add_latents",
+    "latent_representation",
+    "posterior_ate",
+    "score_ates",
+    "summarise_scores",
     "SiteScale",
     "TrainConfig",
     "TrainedRun",
