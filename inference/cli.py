@@ -75,8 +75,7 @@ TRAIN_OPTIONS = {
     "epochs": ("train", int, 100, "epochs (with --select ate or elbo, early stopping may end sooner)"),
     "batch_size": ("train", int, 128, "cells per minibatch"),
     "lr": ("train", float, 5e-3, "AdamW learning rate"),
-    "beta": ("train", float, 0.0, "weight of CRADLE's counterfactual alignment term (0: off; "
-             "measured best for counterfactual cleaning on the simulator)"),
+    "beta": ("train", float, 1.0, "weight of CRADLE's counterfactual alignment term (0: off)"),
     "num_particles": ("train", int, 5, "vectorised ELBO particles"),
     "patience": ("train", int, 15, "early-stopping patience in epochs"),
     "select": ("train", str, "last", "which state to keep: last (the final epoch), ate "

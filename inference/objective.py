@@ -188,7 +188,7 @@ class CradleELBO:
             if site["type"] == "sample":
                 log_q = log_q + _per_particle(site["log_prob"], S)
         elbo = (log_p - log_q).mean()
-        alignment = self.alignment(guide, guide_trace, kwargs)
+        alignment = self.alignment(model, guide, guide_trace, kwargs)
         leakage = self.basal_leakage(guide_trace, kwargs)
         beta = self.beta * (kwargs["counts"].shape[-2] if self.alignment_weighting == "published" else 1)
         loss = -elbo + beta * alignment + self.independence * leakage
@@ -225,7 +225,7 @@ class CradleELBO:
         factor = (kwargs.get("num_cells") or batch) / batch
         return factor * per_particle.mean()
 
-    def alignment(self, guide, guide_trace, kwargs):
+    def alignment(self, model, guide, guide_trace, kwargs):
         """Σ_n (N/B) KL_align(n), averaged over particles (0 without references).
 
         KL( q(basal | x_ref(n), dosage_n, 1 − a_n) ‖ q(basal | x_n, dosage_n, 1 − a_n) ),
@@ -239,6 +239,8 @@ class CradleELBO:
         zero = torch.zeros((), device=kwargs["counts"].device)
         if self.beta == 0 or reference is None or reference.profiles.shape[0] == 0:
             return zero
+        if getattr(model, "artifact_offset_dim", 1) == 0:
+            return zero  # no artifact path (sams, cpa, svae+): nothing to align
         posterior = basal_posterior_of(guide)
         if posterior is None:
             raise ValueError(

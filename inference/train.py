@@ -78,7 +78,7 @@ class TrainConfig:
     on_divergence: str = "lower-lr"
     max_lr_halvings: int = 4
     num_particles: int = 5
-    beta: float = 0.0
+    beta: float = 1.0
     independence: float = 0.0
     alignment_weighting: str = "per-cell"
     class_balance: float | None = None
