@@ -137,25 +137,35 @@ def to_arviz(runs, data, *, n_cells: int = 100, num_draws: int = 100, num_inner:
 @keeps_global_rng
 def psis_khat(run, data, *, split: str | None = "test", n_cells: int = 500,
               num_particles: int = 200, seed: int = 0) -> dict:
-    """PSIS k-hat of the guide, per cell and overall.
+    """PSIS k-hat of the guide, per cell, over the subset, and for the whole guide.
 
     Importance weights ``log p(x_n, z) − log q(z | x_n)`` over ``num_particles``
     draws of (globals, basal). k < 0.7: the guide is a usable proposal; above,
-    importance-weighted estimates from it are unreliable.
+    importance-weighted estimates from it are unreliable. ``khat_overall``
+    sums the cells' local weights; ``khat_whole_guide`` adds the globals' own
+    ``log p(g) − log q(g)`` (effects, masks, artifact effects), so it judges
+    q(globals) too (it is a joint weight over all ``n_cells`` cells, so large
+    values are expected for many cells).
     """
     if split is not None and len(data.indices(split)) == 0:
         split = None
     cells = _subset(data, n_cells, split, seed)
     batch = data.batch(cells, device=run.model.device)
     pyro.set_rng_seed(seed)
-    w = per_cell_log_weights(run.model, run.guide, num_particles, **batch.model_kwargs())
+    w, g = per_cell_log_weights(run.model, run.guide, num_particles, return_globals=True,
+                                **batch.model_kwargs())
     w = w.cpu().numpy().astype(np.float64)
+    g = g.cpu().numpy().astype(np.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _, k_cell = az.psislw(w.T)
         _, k_all = az.psislw(w.sum(1)[None, :])
+        _, k_whole = az.psislw((w.sum(1) + g)[None, :])
+        _, k_globals = az.psislw(g[None, :])
     k_cell = np.asarray(k_cell)
     return {"khat_per_cell": k_cell, "khat_overall": float(np.asarray(k_all).ravel()[0]),
+            "khat_whole_guide": float(np.asarray(k_whole).ravel()[0]),
+            "khat_globals": float(np.asarray(k_globals).ravel()[0]),
             "share_below_0.7": float((k_cell < KHAT_GOOD).mean()),
             "median": float(np.median(k_cell)),
             "reading": "k < 0.5 good, 0.5-0.7 ok, > 0.7 the guide is a poor proposal for that cell"}
@@ -205,6 +215,7 @@ def diagnose_run(run, out, *, n_cells: int = 100, num_draws: int = 100, seed: in
     return {"netcdf": str(out), "summary": f"{stem}_summary.csv", "forest": f"{stem}_forest.png",
             "ppc": f"{stem}_ppc.png", "khat_median": k["median"],
             "khat_share_below_0.7": k["share_below_0.7"], "khat_overall": k["khat_overall"],
+            "khat_globals": k["khat_globals"], "khat_whole_guide": k["khat_whole_guide"],
             "khat_reading": k["reading"]}
 
 

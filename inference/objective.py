@@ -305,12 +305,18 @@ def _location(fn):
     return fn.loc if hasattr(fn, "loc") else fn.mean
 
 
-def per_cell_log_weights(model, guide, num_particles: int, **kwargs) -> torch.Tensor:
+GLOBAL_SITES = ("effect", "mask", "mask_rate", "artifact_effect", "target_effect")
+
+
+def per_cell_log_weights(model, guide, num_particles: int, return_globals: bool = False,
+                         **kwargs):
     """log p(x_n, basal_n | globals) − log q(basal_n | x_n, globals) per particle and cell.
 
     Globals are drawn from the guide, one per particle. Returns (particles, cells).
     Local sites only, without the N/B scaling: the importance weights of
-    held-out IWELBO and of the PSIS diagnostic.
+    held-out IWELBO and of the PSIS diagnostic. With ``return_globals=True``
+    also the globals' own ``log p(g) − log q(g)`` per particle (same draws),
+    for a whole-guide weight.
     """
     kwargs = dict(kwargs, num_cells=None, reference=None)
     with torch.no_grad(), pyro.plate("particles", num_particles, dim=PARTICLE_DIM):
@@ -323,7 +329,17 @@ def per_cell_log_weights(model, guide, num_particles: int, **kwargs) -> torch.Te
             site = model_trace.nodes[name]
             out = out + site["fn"].log_prob(site["value"]).expand(num_particles, n)
     site = guide_trace.nodes["basal"]
-    return out - site["fn"].log_prob(site["value"]).expand(num_particles, n)
+    local = out - site["fn"].log_prob(site["value"]).expand(num_particles, n)
+    if not return_globals:
+        return local
+    glob = torch.zeros(num_particles, device=local.device)
+    for name in GLOBAL_SITES:
+        if name in model_trace.nodes and name in guide_trace.nodes:
+            p_site, q_site = model_trace.nodes[name], guide_trace.nodes[name]
+            lp = p_site["fn"].log_prob(p_site["value"])
+            lq = q_site["fn"].log_prob(q_site["value"])
+            glob = glob + _per_particle(lp, num_particles) - _per_particle(lq, num_particles)
+    return local, glob
 
 
 def iwelbo(model, guide, data, split: str = "test", num_particles: int = 50,

@@ -49,6 +49,9 @@ def test_khat_good_when_fitted_and_worse_when_undertrained(data, trained):
           f"under-trained {under['median']:.2f} (share<0.7 {under['share_below_0.7']:.2f})")
     assert fitted["share_below_0.7"] > 0.5
     assert under["median"] > fitted["median"]
+    # the whole-guide weight includes q(globals): it can only be harder than the globals alone
+    for k in (fitted, under):
+        assert np.isfinite(k["khat_globals"]) and np.isfinite(k["khat_whole_guide"])
 
 
 def test_compare_ranks_true_structure_above_misspecified(data, trained):
