@@ -155,7 +155,7 @@ def psis_khat(run, data, *, split: str | None = "test", n_cells: int = 500,
     w, g = per_cell_log_weights(run.model, run.guide, num_particles, return_globals=True,
                                 **batch.model_kwargs())
     w = w.cpu().numpy().astype(np.float64)
-    g = g.cpu().numpy().astype(np.float64)
+    g = g.detach().cpu().numpy().astype(np.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _, k_cell = az.psislw(w.T)
