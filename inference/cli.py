@@ -516,8 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output CSV")
     p.add_argument("--num-draws", type=POSITIVE_INT, default=100,
                    help="posterior draws of the effects (default 100)")
-    p.add_argument("--n-cells", type=POSITIVE_INT, default=200,
-                   help="generated clean cells per draw and condition (default 200)")
+    p.add_argument("--n-cells", type=POSITIVE_INT, default=500,
+                   help="generated clean cells per draw and condition (default 500)")
     p.add_argument("--interval", type=MASS, default=0.9,
                    help="mass of the credible interval (default 0.9: 5%% and 95%% quantiles)")
     p.add_argument("--wide", action="store_true",
@@ -545,8 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="which cells to evaluate on (default test)")
     p.add_argument("--num-draws", type=POSITIVE_INT, default=100,
                    help="posterior draws of the effects (default 100)")
-    p.add_argument("--n-cells", type=POSITIVE_INT, default=200,
-                   help="generated clean cells per draw and condition (default 200)")
+    p.add_argument("--n-cells", type=POSITIVE_INT, default=500,
+                   help="generated clean cells per draw and condition (default 500)")
     p.set_defaults(func=cmd_evaluate)
 
     p = run_cmd("embed", "latent representations of the training cells into obsm, for scanpy")

@@ -117,7 +117,7 @@ def sample_cells(model, guide, data, condition: str, n: int = 200, artifact="cle
 
 
 @keeps_global_rng
-def condition_draws(model, guide, data, condition, *, num_draws: int = 100, n_cells: int = 200,
+def condition_draws(model, guide, data, condition, *, num_draws: int = 100, n_cells: int = 500,
                     artifact="clean", seed: int = 0, max_elements: int = 20_000_000) -> np.ndarray:
     """Mean perturbseq-normalised expression under ``condition``, one row per posterior draw.
 
@@ -200,7 +200,7 @@ class PosteriorATE:
         return long
 
 
-def posterior_ate(model, guide, data, perturbations, *, num_draws: int = 100, n_cells: int = 200,
+def posterior_ate(model, guide, data, perturbations, *, num_draws: int = 100, n_cells: int = 500,
                   artifact="clean", seed: int = 0, interval: float = 0.9) -> PosteriorATE:
     """Posterior of the model ATE of each perturbation (seen or unseen combinations).
 
@@ -232,7 +232,7 @@ def posterior_ate(model, guide, data, perturbations, *, num_draws: int = 100, n_
     return PosteriorATE(draws, list(perturbations), list(data.gene_names), interval)
 
 
-def model_ate(model, guide, data, perturbations, *, num_draws: int = 100, n_cells: int = 200,
+def model_ate(model, guide, data, perturbations, *, num_draws: int = 100, n_cells: int = 500,
               artifact="clean", seed: int = 0) -> pd.DataFrame:
     """Posterior mean model ATE (perturbations × genes); see :func:`posterior_ate`."""
     return posterior_ate(model, guide, data, perturbations, num_draws=num_draws, n_cells=n_cells,

@@ -48,7 +48,7 @@ heldout_perturbations = held_out_conditions  # the name earlier releases used
 
 
 def evaluate(runs: dict, data, out_dir, *, split: str = "test", num_draws: int = 100,
-             n_cells: int = 200, n_generated: int = 200, n_splits: int = 20, top_k: int = 20,
+             n_cells: int = 500, n_generated: int = 200, n_splits: int = 20, top_k: int = 20,
              seed: int = 0, progress: bool = True) -> dict:
     """Evaluate trained runs on ``split``; writes ``metrics.json``, ``report.md``, CSVs and figures.
 
