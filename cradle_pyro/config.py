@@ -59,7 +59,8 @@ class ModelConfig:
     combine
         ``concat`` or ``sum``; ``None`` picks the published default of ``model``.
     effect_prior
-        ``normal``, ``laplace``, ``student-t``; or see ``priors``.
+        ``normal``, ``laplace``, ``student-t``, each also as ``*-learnt-scale``
+        (the scale fitted with the model and saved with it); or see ``priors``.
     effect_scale
         Scale of the effect prior.
     mask_prob
@@ -98,6 +99,10 @@ class ModelConfig:
         if self.likelihood not in LIKELIHOODS:
             raise CradleInputError(
                 f"likelihood={self.likelihood!r}; choose one of {list(LIKELIHOODS)}")
+        from .priors import prior_names
+
+        if self.effect_prior not in prior_names():
+            raise CradleInputError(f"effect_prior={self.effect_prior!r}; choose one of {prior_names()}")
         if self.combine not in (None, "concat", "sum"):
             raise CradleInputError(f"combine={self.combine!r}; use 'concat' or 'sum'")
         if self.model == "cvae" and self.combine == "sum":

@@ -54,7 +54,7 @@ from .config import ModelConfig
 from .distributions import bernoulli_pmf
 from .likelihoods import count_distribution
 from .nets import Decoder
-from .priors import prior_distribution
+from .priors import LEARNT, prior_distribution
 
 
 class CradleModel(PyroModule):
@@ -102,6 +102,9 @@ class CradleModel(PyroModule):
             target_gene if target_gene is not None else [-1] * n_perturbations, dtype=torch.long))
         self.decoder = Decoder(self.decoder_input_dim, n_genes, config.hidden_dim, config.n_layers)
         self.log_dispersion = PyroParam(torch.zeros(n_genes))
+        if str(config.effect_prior).endswith(LEARNT):
+            # a hierarchical prior with a learnt scale (type-II maximum likelihood)
+            self.effect_log_scale = PyroParam(torch.tensor(float(np.log(config.effect_scale))))
         if config.likelihood == "zinb":
             self.gate_logits = PyroParam(torch.full((n_genes,), -2.0))
 
@@ -151,6 +154,13 @@ class CradleModel(PyroModule):
     def device(self) -> torch.device:
         """Where the model's tensors live."""
         return self.dosage_freq.device
+
+    @property
+    def effect_prior_scale(self):
+        """The effect prior's scale: fixed (``effect_scale``) or learnt (``*-learnt-scale``)."""
+        if hasattr(self, "effect_log_scale"):
+            return self.effect_log_scale.exp()
+        return self.config.effect_scale
 
     @property
     def dispersion(self):
@@ -212,7 +222,8 @@ class CradleModel(PyroModule):
                 rate = torch.full((d,), cfg.mask_prob, device=self.dosage_freq.device)
             with pyro.plate("perturbations", P, dim=-1):
                 effect = pyro.sample(
-                    "effect", self._prior("effect", cfg.effect_prior, (P, d), cfg.effect_scale).to_event(1))
+                    "effect", self._prior("effect", cfg.effect_prior, (P, d), self.effect_prior_scale)
+                    .to_event(1))
                 if cfg.use_mask:
                     # rate is (d,) or, under a particle plate, (..., 1, d)
                     probs = rate.expand(*rate.shape[:-2], P, d) if rate.dim() > 1 else rate.expand(P, d)

@@ -2,7 +2,10 @@
 
 A prior spec is one of:
 
-- a name: ``"normal"``, ``"laplace"``, ``"student-t"`` (scale given apart);
+- a name: ``"normal"``, ``"laplace"``, ``"student-t"`` (scale given apart), or
+  the same with ``"-learnt-scale"`` (for ``effect``: the scale is a model
+  parameter fitted by maximising the ELBO, type-II maximum likelihood; it is
+  saved with the run like every other parameter);
 - a Pyro distribution with scalar (or broadcastable) batch shape, expanded to
   the site's shape;
 - a callable ``shape -> distribution`` whose batch shape is ``shape``.
@@ -30,13 +33,27 @@ _NAMED = {
 }
 
 
-def prior_distribution(spec, shape, scale: float = 1.0, device=None):
+LEARNT = "-learnt-scale"
+
+
+def prior_names() -> list:
+    """Every named prior, learnt-scale variants included."""
+    return sorted(_NAMED) + sorted(n + LEARNT for n in _NAMED)
+
+
+def base_name(spec: str) -> str:
+    """``"laplace-learnt-scale"`` → ``"laplace"``."""
+    return spec[: -len(LEARNT)] if spec.endswith(LEARNT) else spec
+
+
+def prior_distribution(spec, shape, scale=1.0, device=None):
     """A distribution of batch shape ``shape`` from a prior spec."""
     zero = torch.zeros((), device=device)
     if isinstance(spec, str):
-        if spec not in _NAMED:
-            raise CradleInputError(f"unknown prior {spec!r}; choose one of {sorted(_NAMED)}")
-        return _NAMED[spec](zero, zero + scale).expand(shape)
+        name = base_name(spec)
+        if name not in _NAMED:
+            raise CradleInputError(f"unknown prior {spec!r}; choose one of {prior_names()}")
+        return _NAMED[name](zero, zero + scale).expand(shape)
     if isinstance(spec, dist.Distribution):
         return spec.expand(shape)
     if callable(spec):

@@ -71,7 +71,8 @@ TRAIN_OPTIONS = {
     "latent_dim": ("model", int, 10, "latent dimension d"),
     "hidden_dim": ("model", int, 128, "width of the encoder/decoder MLPs"),
     "combine": ("model", str, None, "concat or sum (default: the model's published choice)"),
-    "effect_prior": ("model", str, "normal", "normal, laplace or student-t"),
+    "effect_prior": ("model", str, "normal", "normal, laplace or student-t, each also as "
+                     "NAME-learnt-scale (the prior scale fitted with the model)"),
     "epochs": ("train", int, 100, "epochs (with --select ate or elbo, early stopping may end sooner)"),
     "batch_size": ("train", int, 128, "cells per minibatch"),
     "lr": ("train", float, 5e-3, "AdamW learning rate"),

@@ -1,3 +1,4 @@
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -60,8 +61,8 @@ def test_bad_config_errors():
         ModelConfig(model="scvi")
     with pytest.raises(CradleInputError, match="likelihood"):
         ModelConfig(likelihood="gaussian")
-    with pytest.raises(CradleInputError, match="unknown prior"):
-        CradleModel(5, 2, 1, ModelConfig(effect_prior="cauchyish"))(n_cells=2)
+    with pytest.raises(CradleInputError, match="effect_prior='cauchyish'; choose one of"):
+        ModelConfig(effect_prior="cauchyish")  # refused when configured, not when first sampled
 
 
 def test_straight_through_mask_scores_bernoulli_pmf_and_passes_gradients():
@@ -75,3 +76,24 @@ def test_straight_through_mask_scores_bernoulli_pmf_and_passes_gradients():
     assert torch.allclose(q.log_prob(x), expected)
     x.sum().backward()
     assert logits.grad is not None and (logits.grad.abs() > 0).all()
+
+
+def test_a_hierarchical_prior_with_a_learnt_scale_trains_and_reloads(tmp_path):
+    from cradle_pyro import PerturbationData, simulate_screen
+    from inference import TrainConfig, load_run
+    from inference.run_io import save_run, train_from_file
+
+    path = tmp_path / "screen.h5ad"
+    simulate_screen(n_cells=400, n_genes=40, n_singles=4, n_combinations=2, seed=1).write_h5ad(path)
+    run = train_from_file(path, TrainConfig(epochs=3, num_particles=5, progress=False),
+                          ModelConfig(effect_prior="laplace-learnt-scale", effect_scale=0.5,
+                                      latent_dim=4, hidden_dim=16), doublets=False)
+    scale = float(run.model.effect_prior_scale)
+    assert scale != 0.5 and np.isfinite(scale)  # the scale was fitted
+    save_run(run, tmp_path / "run")
+    loaded = load_run(tmp_path / "run")
+    assert float(loaded.model.effect_prior_scale) == pytest.approx(scale)
+    tr = __import__("pyro").poutine.trace(loaded.model).get_trace(n_cells=2)
+    assert type(tr.nodes["effect"]["fn"].base_dist).__name__ == "Laplace"
+    with pytest.raises(Exception, match="effect_prior='cauchy'"):
+        ModelConfig(effect_prior="cauchy")
