@@ -310,7 +310,7 @@ def cmd_embed(args):
     import anndata as ad
     import pandas as pd
 
-    from .embeddings import add_latents
+    from .embeddings import add_latents, umap_figure
     from .run_io import load_run
 
     run = load_run(args.run, device=args.device)
@@ -327,32 +327,6 @@ def cmd_embed(args):
     if args.umap:
         umap_figure(cells, args.umap)
         print(f"wrote {args.umap}")
-
-
-def umap_figure(cells, path):
-    """UMAPs of the basal state and the full latent, coloured by perturbation and artifact."""
-    import scanpy as sc
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 8))
-    axes = fig.subplots(2, 2)
-    for row, rep in enumerate(("X_cradle_basal", "X_cradle_latent")):
-        view = cells.copy()
-        sc.pp.neighbors(view, use_rep=rep, random_state=0)
-        sc.tl.umap(view, random_state=0)
-        xy = view.obsm["X_umap"]
-        for col, key in enumerate(("perturbation", "artifact")):
-            ax = axes[row, col]
-            for value in view.obs[key].astype(str).unique():
-                sel = (view.obs[key].astype(str) == value).to_numpy()
-                ax.scatter(xy[sel, 0], xy[sel, 1], s=2, alpha=0.5, label=value)
-            ax.set_title(f"{rep[2:]}: {key}", fontsize=9)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if view.obs[key].nunique() <= 12:
-                ax.legend(fontsize=6, markerscale=3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
 
 
 def cmd_diagnose(args):

@@ -71,4 +71,46 @@ def add_latents(adata, model, guide, data, **kwargs):
     return adata
 
 
-__all__ = ["add_latents", "latent_representation"]
+def umap_figure(cells, path):
+    """UMAPs of the basal state and the full latent, coloured by perturbation and artifact."""
+    import scanpy as sc
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 8))
+    axes = fig.subplots(2, 2)
+    for row, rep in enumerate(("X_cradle_basal", "X_cradle_latent")):
+        view = cells.copy()
+        sc.pp.neighbors(view, use_rep=rep, random_state=0)
+        sc.tl.umap(view, random_state=0)
+        xy = view.obsm["X_umap"]
+        for col, key in enumerate(("perturbation", "artifact")):
+            ax = axes[row, col]
+            for value in view.obs[key].astype(str).unique():
+                sel = (view.obs[key].astype(str) == value).to_numpy()
+                ax.scatter(xy[sel, 0], xy[sel, 1], s=2, alpha=0.5, label=value)
+            ax.set_title(f"{rep[2:]}: {key}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if view.obs[key].nunique() <= 12:
+                ax.legend(fontsize=6, markerscale=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def cells_with_latents(model, guide, data, max_cells: int = 3000, seed: int = 0):
+    """AnnData of (at most ``max_cells``) cells of ``data`` with their latents in obsm."""
+    import anndata as ad
+
+    rng = np.random.default_rng(seed)
+    keep = np.sort(rng.choice(data.n_cells, min(max_cells, data.n_cells), replace=False))
+    rep = latent_representation(model, guide, data, seed=seed)
+    cells = ad.AnnData(obs=pd.DataFrame({
+        "perturbation": pd.Categorical(np.asarray(data.conditions)[keep]),
+        "artifact": (data.artifact.max(1)[keep] if data.n_artifacts else np.zeros(len(keep))).astype(str)},
+        index=[data.obs_names[i] for i in keep]))
+    cells.obsm["X_cradle_basal"] = rep["basal"][keep]
+    cells.obsm["X_cradle_latent"] = rep["latent"][keep]
+    return cells
+
+
+__all__ = ["add_latents", "cells_with_latents", "latent_representation", "umap_figure"]

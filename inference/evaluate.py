@@ -39,6 +39,7 @@ from cradle_pyro.qc import qc_metrics
 from cradle_pyro.splits import targets_of
 
 from .effects import posterior_ate, sample_cells
+from .embeddings import cells_with_latents, umap_figure
 from .metrics import pca_energy_distance, qc_pass_rate
 from .objective import iwelbo
 from .scoring import (SCORE_COLUMNS, held_out_conditions, interactions, score_ates,
@@ -127,6 +128,8 @@ def _generation_checks(run, data, perts, split, n_generated, seed, figure_path) 
                                                  num_particles=20)))
     if generated:
         _qc_figure(generated, data, split, perts[:8], figure_path)
+    umap_path = figure_path.with_name(figure_path.name.replace("qc_", "umap_"))
+    umap_figure(cells_with_latents(run.model, run.guide, data, seed=seed), umap_path)
     return entry
 
 
@@ -259,4 +262,6 @@ def markdown_report(report: dict) -> str:
     lines += ["", "![ATE scatter](figures/ate_scatter.png)", "", "![loss](figures/loss_curves.png)", ""]
     for name in report["models"]:
         lines.append(f"![QC of generated cells, {name}](figures/qc_{_safe(name)}.png)")
+        lines.append(f"![UMAPs of the basal state and the full latent, {name}]"
+                     f"(figures/umap_{_safe(name)}.png)")
     return "\n".join(lines) + "\n"

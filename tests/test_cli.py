@@ -82,6 +82,7 @@ def test_qc_effects_sample_counterfactual_evaluate_diagnose(screen, run_dir, tmp
     assert 0 < metrics["summary"]["ceiling"]["pearson_top"] <= 1
     assert (tmp_path / "report" / "report.md").exists()
     assert (tmp_path / "report" / "figures" / "ate_scatter.png").stat().st_size > 1000
+    assert (tmp_path / "report" / "figures" / "umap_cradle.png").stat().st_size > 1000
 
     assert main(["embed", str(run_dir), "--out", str(tmp_path / "embed.h5ad"), "--umap",
                  str(tmp_path / "umap.png")]) == 0
