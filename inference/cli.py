@@ -307,20 +307,12 @@ def cmd_evaluate(args):
 
 
 def cmd_embed(args):
-    import anndata as ad
-    import pandas as pd
-
-    from .embeddings import add_latents, umap_figure
+    from .embeddings import cells_with_latents, umap_figure
     from .run_io import load_run
 
     run = load_run(args.run, device=args.device)
-    data = run.data
-    cells = ad.AnnData(X=data.counts, var=pd.DataFrame(index=data.gene_names),
-                       obs=pd.DataFrame({"perturbation": pd.Categorical(data.conditions),
-                                         "artifact": (data.artifact.max(1) if data.n_artifacts
-                                                      else 0.0).astype(str),
-                                         "split": data.split}, index=data.obs_names))
-    add_latents(cells, run.model, run.guide, data, seed=args.seed)
+    cells = cells_with_latents(run.model, run.guide, run.data, max_cells=None, seed=args.seed,
+                               with_counts=True)
     cells.write_h5ad(args.out)
     print(f"wrote {args.out}: {cells.n_obs} cells with obsm X_cradle_basal "
           f"({cells.obsm['X_cradle_basal'].shape[1]} dims) and X_cradle_latent")

@@ -43,11 +43,18 @@ def perturbseq_normalise(x):
     return np.log2(1e4 * x / np.maximum(x.sum(-1, keepdims=True), 1) + 1)
 
 
+def clean_mask(data) -> np.ndarray:
+    """Per cell of ``data``: True where no artifact kind is labelled."""
+    if not data.n_artifacts:
+        return np.ones(data.n_cells, dtype=bool)
+    return data.artifact.sum(1) == 0
+
+
 def resample_library(data, n, rng, clean_only=True):
     """Library sizes drawn from the training cells (clean ones by default)."""
     idx = data.indices("train")
-    if clean_only and data.n_artifacts:
-        clean = idx[data.artifact[idx].sum(1) == 0]
+    if clean_only:
+        clean = idx[clean_mask(data)[idx]]
         idx = clean if len(clean) else idx
     return data.library[rng.choice(idx, n, replace=True)]
 
@@ -62,7 +69,7 @@ def generate(model, guide, n_cells: int, *, dosage=None, artifact="clean", libra
     """
     names = names or {}
     cfg = getattr(model, "config", None)
-    if cfg is not None and not (cfg.use_artifact_latents or cfg.artifact_to_decoder):
+    if cfg is not None and not cfg.artifact_to_decoder:
         artifact = None  # no path from artifact to counts: every cell is generated the same way
     model_do = intervene(model, dosage=dosage, artifact=artifact, **names)
     device = model.device
@@ -247,9 +254,7 @@ def data_ate(data, perturbations=None, split=None, clean_only=False) -> pd.DataF
     reference); ``clean_only`` keeps cells without artifact labels.
     """
     conditions = np.asarray(data.conditions)
-    keep = np.ones(data.n_cells, dtype=bool)
-    if clean_only and data.n_artifacts:
-        keep &= data.artifact.sum(1) == 0
+    keep = clean_mask(data) if clean_only else np.ones(data.n_cells, dtype=bool)
     in_split = keep & (data.split == split) if split is not None else keep
     control = keep & (conditions == data.control_label)
     if perturbations is None:

@@ -97,17 +97,22 @@ def umap_figure(cells, path):
     fig.savefig(path, dpi=110)
 
 
-def cells_with_latents(model, guide, data, max_cells: int = 3000, seed: int = 0):
-    """AnnData of (at most ``max_cells``) cells of ``data`` with their latents in obsm."""
+def cells_with_latents(model, guide, data, max_cells: int | None = 3000, seed: int = 0,
+                       with_counts: bool = False):
+    """AnnData of (at most ``max_cells``; ``None``: all) cells of ``data`` with their
+    latents in obsm; obs ``perturbation``, ``artifact``, ``split``; counts in X
+    with ``with_counts``."""
     import anndata as ad
 
-    rng = np.random.default_rng(seed)
-    keep = np.sort(rng.choice(data.n_cells, min(max_cells, data.n_cells), replace=False))
+    n = data.n_cells if max_cells is None else min(max_cells, data.n_cells)
+    keep = np.sort(np.random.default_rng(seed).choice(data.n_cells, n, replace=False))
     rep = latent_representation(model, guide, data, seed=seed)
-    cells = ad.AnnData(obs=pd.DataFrame({
-        "perturbation": pd.Categorical(np.asarray(data.conditions)[keep]),
-        "artifact": (data.artifact.max(1)[keep] if data.n_artifacts else np.zeros(len(keep))).astype(str)},
-        index=[data.obs_names[i] for i in keep]))
+    artifact = data.artifact.max(1) if data.n_artifacts else np.zeros(data.n_cells)
+    obs = pd.DataFrame({"perturbation": pd.Categorical(np.asarray(data.conditions)[keep]),
+                        "artifact": artifact[keep].astype(str), "split": data.split[keep]},
+                       index=[data.obs_names[i] for i in keep])
+    cells = (ad.AnnData(X=data.counts[keep], obs=obs, var=pd.DataFrame(index=data.gene_names))
+             if with_counts else ad.AnnData(obs=obs))
     cells.obsm["X_cradle_basal"] = rep["basal"][keep]
     cells.obsm["X_cradle_latent"] = rep["latent"][keep]
     return cells

@@ -38,11 +38,11 @@ from tqdm.auto import tqdm
 from cradle_pyro.qc import qc_metrics
 from cradle_pyro.splits import targets_of
 
-from .effects import posterior_ate, sample_cells
+from .effects import perturbseq_normalise, posterior_ate, sample_cells
 from .embeddings import cells_with_latents, umap_figure
 from .metrics import pca_energy_distance, qc_pass_rate
 from .objective import iwelbo
-from .scoring import (SCORE_COLUMNS, held_out_conditions, interactions, score_ates,
+from .scoring import (SCORE_COLUMNS, clean_cells, held_out_conditions, interactions, score_ates,
                       summarise_scores)
 
 heldout_perturbations = held_out_conditions  # the name earlier releases used
@@ -116,7 +116,7 @@ def _generation_checks(run, data, perts, split, n_generated, seed, figure_path) 
     for p in perts[:8]:
         cells = sample_cells(run.model, run.guide, data, p, n=n_generated, artifact="clean", seed=seed)
         generated.append(cells)
-        real = _real_clean(data, p, split)
+        real = data.counts[clean_cells(data, p, split=split)].toarray()
         if len(real) > 2:
             energy.append(pca_energy_distance(cells.X.toarray(), real, seed=seed))
     entry = {}
@@ -147,19 +147,8 @@ def _json_default(o):
     raise TypeError(type(o))
 
 
-def _real_clean(data, condition, split):
-    conds = np.asarray(data.conditions)
-    keep = (conds == condition) & (data.split == split)
-    if data.n_artifacts:
-        keep &= data.artifact.sum(1) == 0
-    return data.counts[np.flatnonzero(keep)].toarray()
-
-
 def _scatter_figure(posteriors, data, perts, split, path, max_panels=12):
     """Predicted vs observed (clean truth) ATE per condition, with 90 % intervals."""
-    from .scoring import clean_cells
-    from .effects import perturbseq_normalise
-
     perts = list(perts)[:max_panels]
     if not perts:
         return

@@ -134,34 +134,28 @@ def intervene(model, *, dosage=None, artifact=None, perturbation_names=None,
         raise CradleInputError(f"cannot intervene on {unknown}: intervenable sites are "
                                f"{list(INTERVENABLE)}")
     config = getattr(model, "config", None)
-    if artifact is not None and config is not None and not (
-            config.use_artifact_latents or config.artifact_to_decoder):
+    if artifact is not None and config is not None and not config.artifact_to_decoder:
         raise CradleInputError(
             f"model {config.model!r} has no path from artifact to counts: do(artifact=...) "
             "would return the factual answer unchanged; use model='cradle'")
+    # friendly values of the per-cell treatment sites: parser, width, what a column is
+    friendly = {
+        "dosage": (lambda v: dosage_value(v, perturbation_names or [f"P{i}" for i in range(P)],
+                                          control_label, separator), P, "targets"),
+        "artifact": (lambda v: artifact_value(v, A, artifact_names), A, "kinds"),
+    }
     fixed, soft = {}, {}
-    if dosage is not None:
-        if isinstance(dosage, dist.Distribution):
-            soft["dosage"] = dosage
-        else:
-            fixed["dosage"] = dosage_value(dosage, perturbation_names or [f"P{i}" for i in range(P)],
-                                           control_label, separator)
-            if fixed["dosage"].shape[-1] != P:
-                raise CradleInputError(
-                    f"dosage has {fixed['dosage'].shape[-1]} columns; the model has {P} targets")
-    if artifact is not None:
-        if isinstance(artifact, dist.Distribution):
-            soft["artifact"] = artifact
-        else:
-            fixed["artifact"] = artifact_value(artifact, A, artifact_names)
-            if fixed["artifact"].shape[-1] != A:
-                raise CradleInputError(
-                    f"artifact has {fixed['artifact'].shape[-1]} columns; the model has {A} kinds")
-    for name, value in sites.items():
+    for name, value in {"dosage": dosage, "artifact": artifact, **sites}.items():
         if value is None:
             continue
         if isinstance(value, dist.Distribution):
             soft[name] = value
+        elif name in friendly:
+            parse, width, what = friendly[name]
+            fixed[name] = parse(value)
+            if fixed[name].shape[-1] != width:
+                raise CradleInputError(
+                    f"{name} has {fixed[name].shape[-1]} columns; the model has {width} {what}")
         else:
             fixed[name] = torch.as_tensor(value, dtype=torch.float32)
     device = model.device

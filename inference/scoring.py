@@ -38,7 +38,7 @@ import pandas as pd
 
 from cradle_pyro.splits import targets_of
 
-from .effects import perturbseq_normalise
+from .effects import clean_mask, perturbseq_normalise
 
 SCORE_COLUMNS = ["pearson_all", "pearson_top", "r2_all", "r2_top", "jaccard_top", "slope_top"]
 
@@ -52,9 +52,7 @@ def held_out_conditions(data, split: str = "test") -> list:
 
 def clean_cells(data, condition, split=None, exclude_split=None) -> np.ndarray:
     """Indices of clean cells of ``condition`` (optionally in / not in a split)."""
-    keep = np.asarray(data.conditions) == condition
-    if data.n_artifacts:
-        keep &= data.artifact.sum(1) == 0
+    keep = (np.asarray(data.conditions) == condition) & clean_mask(data)
     if split is not None:
         keep &= data.split == split
     if exclude_split is not None:

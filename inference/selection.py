@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .effects import condition_draws, perturbseq_normalise
+from .effects import clean_mask, condition_draws, perturbseq_normalise
 
 SELECT = ("ate", "elbo", "last")
 
@@ -50,7 +50,7 @@ class ValidationEffects:
                  seed: int = 0):
         self.data, self.num_draws, self.n_cells, self.seed = data, num_draws, n_cells, seed
         conds = np.asarray(data.conditions)
-        clean = data.artifact.sum(1) == 0 if data.n_artifacts else np.ones(data.n_cells, bool)
+        clean = clean_mask(data)
         seen = (data.split == "train") | (data.split == "val")
         control = np.flatnonzero(clean & seen & (conds == data.control_label))
         base = perturbseq_normalise(data.counts[control]).mean(0) if len(control) else None

@@ -39,7 +39,7 @@ from cradle_pyro.model import CradleModel
 from cradle_pyro.validation import check_choice, check_fields
 
 from .objective import ALIGNMENT_WEIGHTINGS, CradleELBO
-from .seeding import _rng_kept, _rng_state, _set_rng_state
+from .seeding import _rng_state, _set_rng_state
 from .selection import SELECT, ValidationEffects
 
 # which history column each selection criterion minimises
@@ -321,12 +321,12 @@ def _fit(
     guide = guide or make_guide(tc.guide, model, data.gene_mean, data.gene_std)
     model.to(device)
     guide.to(device)
-    objective = CradleELBO(tc.num_particles, tc.beta, tc.class_balance, tc.independence,
-                           tc.alignment_weighting).for_data(data, "train")
+    def objective_for(split):
+        return CradleELBO(tc.num_particles, tc.beta, tc.class_balance, tc.independence,
+                          tc.alignment_weighting).for_data(data, split)
+
     has_val = len(data.indices("val")) > 0
-    val_objective = CradleELBO(tc.num_particles, tc.beta, tc.class_balance, tc.independence,
-                           tc.alignment_weighting).for_data(
-        data, "val" if has_val else "train")
+    objective, val_objective = objective_for("train"), objective_for("val" if has_val else "train")
     # one forward pass creates lazily built parameters (autoguides) before the optimiser
     with torch.no_grad():
         objective(model, guide, **next(data.batches("train", tc.batch_size, device=device))
@@ -338,8 +338,6 @@ def _fit(
         # same initial parameters everywhere (seeded above); different noise per rank
         pyro.set_rng_seed(tc.seed + 7919 * rank)
 
-    if tc.select not in SELECT:
-        raise CradleInputError(f"select={tc.select!r}; choose one of {list(SELECT)}")
     val_effects = ValidationEffects(data, seed=tc.seed) if tc.select == "ate" else None
     if tc.select == "ate" and not val_effects:
         raise CradleInputError("select='ate' needs validation cells of seen conditions "
@@ -403,17 +401,17 @@ def _fit(
         row["val_alignment"] = val["alignment"]
         if world > 1:  # one early-stopping decision for all ranks
             row["val_loss"] = _mean_over_ranks(row["val_loss"], device)
-        if val_effects:
-            with _rng_kept():  # scoring must not change the training's random stream
-                row["val_ate_error"] = val_effects.error(model, guide)
+        if val_effects:  # draws with its own seed; the training's random stream is kept
+            row["val_ate_error"] = val_effects.error(model, guide)
         history.append(row)
         score = row[SELECTION_COLUMN[tc.select]] if tc.select != "last" else -epoch
         if epoch < tc.warmup:
             score = math.inf  # nothing is kept, and patience does not run, before warm-up ends
         if score < best:
             best, best_epoch, stale = score, epoch, 0
-            best_state = {"model": copy.deepcopy(model.state_dict()),
-                          "guide": copy.deepcopy(guide.state_dict())}
+            if tc.select != "last":  # the last state needs no copy: it is the one left at the end
+                best_state = {"model": copy.deepcopy(model.state_dict()),
+                              "guide": copy.deepcopy(guide.state_dict())}
         elif epoch >= tc.warmup:
             stale += 1
         bar.set_postfix(loss=f"{row['loss']:.1f}", loglik=f"{row['loglik']:.1f}",
