@@ -27,6 +27,9 @@ from .errors import CradleInputError
 from .validation import check_fields
 
 MODELS = ("cradle", "sams", "cpa", "cvae", "svae+")
+ARTIFACT_STATES = ("observed", "latent")
+ARTIFACT_EVIDENCE = ("both", "covariates", "flags")
+
 LIKELIHOODS = ("nb", "poisson", "zinb")
 
 
@@ -72,6 +75,25 @@ class ModelConfig:
         (cis) effect on that gene (site ``target_effect``).
     target_effect_scale
         Scale of its Normal prior, in natural-log fold change.
+    artifact_state
+        ``"observed"`` (default): a cell's artifact state is its QC flags.
+        ``"latent"``: the artifact state is a latent cause of the counts, of
+        the QC covariates and of the flags, which become noisy labels with a
+        learnt sensitivity and specificity (:mod:`cradle_pyro.artifact_state`).
+    artifact_evidence
+        With a latent artifact state, what it is abducted from:
+        ``"covariates"`` (default; the QC metrics), ``"flags"`` (the k·MAD /
+        scrublet flags as noisy labels) or ``"both"``. The flags are functions
+        of the covariates, so ``"both"`` counts that evidence twice; measured
+        on the simulator it pulls clean cells that a threshold flagged into
+        the causes (see ``benchmarks/latent_artifacts.py``).
+    artifact_causes
+        With a latent artifact state: its kinds (one latent 0/1 cause each).
+        ``damaged``, ``low_complexity`` and ``doublet`` start from their
+        known QC signatures; other names start neutral.
+    flag_sensitivity_prior, flag_specificity_prior
+        (a, b) of the Beta priors on P(a cause trips a flag) and P(no flag |
+        clean) (latent artifact state only).
     priors
         Site name → a Pyro distribution (expanded to the site's shape) or a
         callable ``shape -> distribution``, overriding the defaults. Only
@@ -90,6 +112,11 @@ class ModelConfig:
     mask_beta: tuple = (1.0, 9.0)
     target_effects: bool = True
     target_effect_scale: float = 2.0
+    artifact_state: str = "observed"
+    artifact_evidence: str = "covariates"
+    artifact_causes: tuple = ("damaged", "low_complexity", "doublet")
+    flag_sensitivity_prior: tuple = (2.0, 2.0)
+    flag_specificity_prior: tuple = (18.0, 2.0)
     priors: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -103,6 +130,23 @@ class ModelConfig:
 
         if self.effect_prior not in prior_names():
             raise CradleInputError(f"effect_prior={self.effect_prior!r}; choose one of {prior_names()}")
+        if self.artifact_state not in ARTIFACT_STATES:
+            raise CradleInputError(
+                f"artifact_state={self.artifact_state!r}; choose one of {list(ARTIFACT_STATES)}")
+        for name in ("flag_sensitivity_prior", "flag_specificity_prior"):
+            value = getattr(self, name)
+            if (not isinstance(value, (tuple, list)) or len(value) != 2
+                    or not all(isinstance(v, (int, float)) and v > 0 for v in value)):
+                raise CradleInputError(f"{name}={value!r}; give two positive numbers (a, b) "
+                                       "of a Beta prior")
+        if self.artifact_evidence not in ARTIFACT_EVIDENCE:
+            raise CradleInputError(f"artifact_evidence={self.artifact_evidence!r}; choose one of "
+                                   f"{list(ARTIFACT_EVIDENCE)}")
+        causes = self.artifact_causes
+        if (not isinstance(causes, (tuple, list)) or not causes
+                or not all(isinstance(c, str) and c for c in causes) or len(set(causes)) != len(causes)):
+            raise CradleInputError(f"artifact_causes={causes!r}; give distinct names, e.g. "
+                                   "('damaged', 'low_complexity', 'doublet')")
         if self.combine not in (None, "concat", "sum"):
             raise CradleInputError(f"combine={self.combine!r}; use 'concat' or 'sum'")
         if self.model == "cvae" and self.combine == "sum":
@@ -130,6 +174,11 @@ class ModelConfig:
         return self.model in ("cradle", "cvae")
 
     @property
+    def latent_artifacts(self) -> bool:
+        """Whether the artifact state is latent (the QC flags are evidence about it)."""
+        return self.artifact_state == "latent"
+
+    @property
     def resolved_combine(self) -> str:
         if self.combine is not None:
             return self.combine
@@ -138,11 +187,16 @@ class ModelConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["priors"] = {k: v for k, v in self.priors.items() if isinstance(v, str)}
-        d["mask_beta"] = list(self.mask_beta)
+        for name in ("mask_beta", "flag_sensitivity_prior", "flag_specificity_prior",
+                     "artifact_causes"):
+            d[name] = list(getattr(self, name))
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         d = dict(d)
         d["mask_beta"] = tuple(d.get("mask_beta", (1.0, 9.0)))
+        for name in ("flag_sensitivity_prior", "flag_specificity_prior", "artifact_causes"):
+            if name in d:
+                d[name] = tuple(d[name])
         return cls(**d)

@@ -31,7 +31,8 @@ import torch
 from .errors import CradleInputError
 from .labels import normalise_labels
 from .validation import check_counts, check_shape_and_names, in_memory
-from .qc import CRITERIA, QCThresholds, label_artifacts
+from .qc import (CRITERIA, QCThresholds, artifact_covariates, label_artifacts, qc_metrics,
+                 robust_scale)
 from .references import ReferenceProfiles, build_reference_profiles
 from .splits import make_split, targets_of
 
@@ -61,12 +62,14 @@ class Batch:
     cell_index: torch.Tensor
     num_cells: int
     reference: Reference | None = None
+    qc: torch.Tensor | None = None
+    flags: torch.Tensor | None = None
 
     def model_kwargs(self) -> dict:
         """Keyword arguments of the model and guide."""
         return dict(counts=self.counts, dosage=self.dosage, artifact=self.artifact,
-                    library=self.library, cell_index=self.cell_index,
-                    num_cells=self.num_cells, reference=self.reference)
+                    library=self.library, qc=self.qc, flags=self.flags,
+                    cell_index=self.cell_index, num_cells=self.num_cells, reference=self.reference)
 
     @property
     def size(self) -> int:
@@ -147,6 +150,15 @@ class PerturbationData:
     qc_table: pd.DataFrame | None = None
     gene_mean: np.ndarray | None = None   # of log1p(1e4·x/library) on training cells
     gene_std: np.ndarray | None = None
+    # QC flags per criterion (cells × flags; the artifact columns when QC did not
+    # run here) and QC covariates (robustly standardised on training cells): the
+    # evidence of a latent artifact state
+    qc_flags: np.ndarray | None = None
+    qc_flag_names: list = field(default_factory=list)
+    qc_covariates: np.ndarray | None = None
+    qc_covariate_names: list = field(default_factory=list)
+    qc_covariate_centre: np.ndarray | None = None
+    qc_covariate_scale: np.ndarray | None = None
     _device_cache: dict = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ build
@@ -239,8 +251,8 @@ class PerturbationData:
         )
 
         qc_thresholds, qc_table = None, None
+        qc_view = ad.AnnData(X=counts, obs=view.obs.copy(), var=pd.DataFrame(index=view.var_names))
         if artifact is None:
-            qc_view = ad.AnnData(X=counts, obs=view.obs.copy(), var=pd.DataFrame(index=view.var_names))
             qc_thresholds, qc_table = label_artifacts(
                 qc_view, k=qc_k, columns=qc_columns, doublets=doublets,
                 artifact_kinds=artifact_kinds, seed=seed, inplace=False)
@@ -273,7 +285,26 @@ class PerturbationData:
             qc_thresholds=qc_thresholds, qc_table=qc_table,
         )
         data.gene_mean, data.gene_std = data._log_standardisation()
+        covariates = artifact_covariates(qc_table if qc_table is not None else qc_metrics(qc_view),
+                                         view.obs, qc_thresholds)
+        values = covariates.to_numpy(dtype=float)
+        centre, scale = robust_scale(values[split_labels == "train"])
+        data.set_qc_covariates(values, list(covariates.columns), centre, scale)
+        if qc_thresholds is not None:
+            names = [c for c in CRITERIA if qc_thresholds._is_active(c)]
+            data.qc_flags = qc_table[[f"qc_{c}" for c in names]].to_numpy(dtype=np.float32)
+            data.qc_flag_names = names
+        else:
+            data.qc_flags, data.qc_flag_names = artifact_mat.copy(), list(artifact_names)
         return data
+
+    def set_qc_covariates(self, values, names, centre, scale):
+        """Raw QC covariates (cells × names), standardised by ``(values − centre) / scale``."""
+        self.qc_covariates = ((np.asarray(values, dtype=float) - centre) / scale).astype(np.float32)
+        self.qc_covariate_names = list(names)
+        self.qc_covariate_centre = np.asarray(centre, dtype=float)
+        self.qc_covariate_scale = np.asarray(scale, dtype=float)
+        self._device_cache.clear()
 
     def _log_standardisation(self):
         """Gene mean and std of log1p(1e4·x/library) on training cells; std 0 → 1."""
@@ -305,6 +336,14 @@ class PerturbationData:
     @property
     def n_artifacts(self) -> int:
         return len(self.artifact_names)
+
+    @property
+    def n_qc_covariates(self) -> int:
+        return len(self.qc_covariate_names)
+
+    @property
+    def n_qc_flags(self) -> int:
+        return len(self.qc_flag_names)
 
     def indices(self, split: str | None) -> np.ndarray:
         """Cell positions of a split (all cells for ``None``)."""
@@ -345,6 +384,11 @@ class PerturbationData:
             qc_thresholds=self.qc_thresholds,
             qc_table=None if self.qc_table is None else self.qc_table.iloc[idx],
             gene_mean=self.gene_mean, gene_std=self.gene_std,
+            qc_covariates=None if self.qc_covariates is None else self.qc_covariates[idx],
+            qc_covariate_names=self.qc_covariate_names,
+            qc_covariate_centre=self.qc_covariate_centre, qc_covariate_scale=self.qc_covariate_scale,
+            qc_flags=None if self.qc_flags is None else self.qc_flags[idx],
+            qc_flag_names=self.qc_flag_names,
         )
 
     def dosage_of(self, condition: str) -> np.ndarray:
@@ -375,6 +419,9 @@ class PerturbationData:
                 ref_dosage=t(self.condition_dosage[ref.condition] if len(ref.condition)
                              else np.zeros((0, self.n_perturbations))),
                 ref_artifact=t(ref.counterfactual_artifact),
+                qc=t(self.qc_covariates if self.qc_covariates is not None
+                     else np.zeros((self.n_cells, 0))),
+                flags=t(self.qc_flags if self.qc_flags is not None else self.artifact),
             )
         return self._device_cache[key]
 
@@ -391,7 +438,8 @@ class PerturbationData:
         return Batch(
             counts=on["counts"].rows(idx), dosage=on["dosage"][idx],
             artifact=on["artifact"][idx], library=on["library"][idx], cell_index=idx,
-            num_cells=num_cells or len(idx), reference=reference,
+            num_cells=num_cells or len(idx), reference=reference, qc=on["qc"][idx],
+            flags=on["flags"][idx],
         )
 
     def batches(

@@ -30,6 +30,11 @@ the alignment weight at 0, and is refused with a clear error otherwise.
   q(basal | x).
 - :class:`BasalGuide`: the amortised q(basal | x) alone, to pair with a Pyro
   autoguide on the globals (``AutoGuideList``).
+- :class:`ArtifactGuide`: for a latent artifact state, q(artifact | x, QC
+  flags, QC covariates) (straight-through Bernoulli, pmf scored) and Beta
+  factors for the flags' sensitivity and specificity. The correlated and
+  mean-field guides include it when the model's artifact state is latent, and
+  their q(basal) reads the artifact state it drew.
 
 Example
 -------
@@ -114,12 +119,80 @@ class _GuideBase(PyroModule):
             loc = loc - p_off - (a_off if a_off is not None else 0.0)
         return dist.Normal(loc, scale)
 
-    def sample_basal(self, counts, dosage, artifact, library, cell_index, num_cells, globals_):
-        n = counts.shape[-2]
-        subsample = cell_index if cell_index is not None else torch.arange(n, device=counts.device)
+    def sample_basal(self, counts, dosage, artifact, library, globals_):
+        """Draw ``basal`` (inside the ``cells`` plate)."""
         q = self.basal_distribution(self.basal_features(counts, library), dosage, artifact, *globals_)
-        with pyro.plate("cells", num_cells or n, subsample=subsample, dim=-1):
-            pyro.sample("basal", q.to_event(1))
+        pyro.sample("basal", q.to_event(1))
+
+
+def cells_plate(counts, cell_index, num_cells):
+    """The guide's ``cells`` plate over the minibatch (same subsample as the model's)."""
+    n = counts.shape[-2]
+    subsample = cell_index if cell_index is not None else torch.arange(n, device=counts.device)
+    return pyro.plate("cells", num_cells or n, subsample=subsample, dim=-1)
+
+
+class ArtifactGuide(PyroModule):
+    """q(flag_sensitivity) q(flag_specificity) q(artifact | flags, qc), for a latent artifact state.
+
+    q(artifact) is the exact posterior of the model's QC part,
+    p(artifact | QC flags, QC covariates, sensitivity, specificity), by
+    enumeration of the 2^K joint states (:meth:`ArtifactEvidence.posterior`),
+    with the model's current covariate parameters. It is a *cut* (modular
+    inference): the counts do not inform it, so the causes cannot turn into
+    clusters of biological states, which they did when an amortised q was
+    trained on the whole ELBO (clean cells given artifact probabilities of
+    0.25–0.5 on the simulator). With q exact, the ELBO's QC terms equal the
+    QC part's marginal likelihood, so its parameters get exact gradients.
+    Sensitivities and specificities get Beta factors started at their priors.
+    """
+
+    def __init__(self, model: CradleModel):
+        super().__init__()
+        self.model_ref = [model]  # a list keeps the model out of the guide's parameters
+        ev = model.artifact_evidence
+        K, A = ev.n_causes, ev.n_flags
+        self.n_causes, self.n_flags = K, A
+        self.sensitivity_concentration = PyroParam(
+            ev.sensitivity_prior.expand(K, A, 2).clone(), constraint=constraints.positive)
+        self.specificity_concentration = PyroParam(
+            ev.specificity_prior.expand(A, 2).clone(), constraint=constraints.positive)
+
+    def sample_sensitivity(self):
+        """q(flag_sensitivity); call inside the ``artifact_kinds`` plate."""
+        c = self.sensitivity_concentration
+        return pyro.sample("flag_sensitivity", dist.Beta(c[..., 0], c[..., 1]).to_event(1))
+
+    def sample_specificity(self):
+        c = self.specificity_concentration
+        return pyro.sample("flag_specificity", dist.Beta(c[..., 0], c[..., 1]).to_event(1))
+
+    def posterior(self, flags, qc, sensitivity, specificity):
+        """q(artifact | flags, qc) at the given rates (a :class:`BinaryStates`)."""
+        model = self.model_ref[0]
+        return model.artifact_evidence.posterior(model.artifact_freq, flags, qc, sensitivity,
+                                                 specificity)
+
+    def sample_artifact(self, flags, qc, rates):
+        """Draw ``artifact`` (inside the ``cells`` plate) given the drawn rates."""
+        return pyro.sample("artifact", self.posterior(flags, qc, *rates))
+
+    def mean_rates(self):
+        """Posterior means of sensitivity and specificity."""
+        c, s = self.sensitivity_concentration, self.specificity_concentration
+        return c[..., 0] / c.sum(-1), s[..., 0] / s.sum(-1)
+
+    def forward(self, counts=None, dosage=None, artifact=None, library=None, *, qc=None,
+                flags=None, cell_index=None, num_cells=None, reference=None, n_cells=None):
+        rates = (None, None)
+        if self.n_flags:
+            with pyro.plate("artifact_kinds", self.n_causes, dim=-1):
+                sensitivity = self.sample_sensitivity()
+            rates = (sensitivity, self.sample_specificity())
+        if counts is None:
+            return
+        with cells_plate(counts, cell_index, num_cells):
+            self.sample_artifact(flags, qc, rates)
 
 
 class CorrelatedGuide(_GuideBase):
@@ -162,6 +235,8 @@ class CorrelatedGuide(_GuideBase):
             self.artifact_effect_loc = PyroParam(torch.zeros(A, d))
             self.artifact_effect_scale = PyroParam(torch.full((A, d), 0.1),
                                                    constraint=constraints.positive)
+        if cfg.latent_artifacts:
+            self.artifact_guide = ArtifactGuide(model)
 
     def effect_distribution(self, mask):
         """q(effect | mask): the effect network, or free parameters (mean-field, no mask)."""
@@ -170,8 +245,9 @@ class CorrelatedGuide(_GuideBase):
         return dist.Normal(self.effect_loc, self.effect_scale)
 
     def sample_globals(self):
+        """effect, mask, artifact_effect and (latent artifact state) the flag rates drawn."""
         cfg, m = self.model.config, self.model
-        effect = mask = artifact_effect = None
+        effect = mask = artifact_effect = flag_rates = None
         if cfg.use_embeddings:
             if cfg.beta_bernoulli_mask:
                 c = self.mask_rate_concentration
@@ -184,20 +260,30 @@ class CorrelatedGuide(_GuideBase):
                 if m.use_target_effects:
                     pyro.sample("target_effect", dist.Normal(self.target_effect_loc,
                                                              self.target_effect_scale))
-        if cfg.use_artifact_latents:
+        if cfg.use_artifact_latents or cfg.latent_artifacts:
             with pyro.plate("artifact_kinds", m.n_artifacts, dim=-1):
-                artifact_effect = pyro.sample("artifact_effect", dist.Normal(
-                    self.artifact_effect_loc, self.artifact_effect_scale).to_event(1))
-        return effect, mask, artifact_effect
+                if cfg.use_artifact_latents:
+                    artifact_effect = pyro.sample("artifact_effect", dist.Normal(
+                        self.artifact_effect_loc, self.artifact_effect_scale).to_event(1))
+                if cfg.latent_artifacts and self.artifact_guide.n_flags:
+                    sensitivity = self.artifact_guide.sample_sensitivity()
+        if cfg.latent_artifacts:
+            flag_rates = ((sensitivity, self.artifact_guide.sample_specificity())
+                          if self.artifact_guide.n_flags else (None, None))
+        return effect, mask, artifact_effect, flag_rates
 
-    def forward(self, counts=None, dosage=None, artifact=None, library=None, *,
-                cell_index=None, num_cells=None, reference=None, n_cells=None):
-        globals_ = self.sample_globals()
+    def forward(self, counts=None, dosage=None, artifact=None, library=None, *, qc=None,
+                flags=None, cell_index=None, num_cells=None, reference=None, n_cells=None):
+        *globals_, flag_rates = self.sample_globals()
+        latent = hasattr(self, "artifact_guide")
         if counts is None:  # nothing observed: only the globals have a posterior
             return
         if library is None:
             library = counts.sum(-1)
-        self.sample_basal(counts, dosage, artifact, library, cell_index, num_cells, globals_)
+        with cells_plate(counts, cell_index, num_cells):
+            if latent:  # abduct the artifact state from its QC evidence; q(basal) reads it
+                artifact = self.artifact_guide.sample_artifact(flags, qc, flag_rates)
+            self.sample_basal(counts, dosage, artifact, library, globals_)
 
 
 class MeanFieldGuide(CorrelatedGuide):
@@ -215,14 +301,14 @@ class BasalGuide(_GuideBase):
     def __init__(self, model, gene_mean=None, gene_std=None):
         super().__init__(model, gene_mean, gene_std, use_offsets=False)
 
-    def forward(self, counts=None, dosage=None, artifact=None, library=None, *,
-                cell_index=None, num_cells=None, reference=None, n_cells=None):
+    def forward(self, counts=None, dosage=None, artifact=None, library=None, *, qc=None,
+                flags=None, cell_index=None, num_cells=None, reference=None, n_cells=None):
         if counts is None:
             return
         if library is None:
             library = counts.sum(-1)
-        self.sample_basal(counts, dosage, artifact, library, cell_index, num_cells,
-                          (None, None, None))
+        with cells_plate(counts, cell_index, num_cells):
+            self.sample_basal(counts, dosage, artifact, library, (None, None, None))
 
 
 class MaskGuide(PyroModule):
@@ -318,5 +404,5 @@ def make_guide(kind: str, model: CradleModel, gene_mean=None, gene_std=None):
     raise CradleInputError(f"guide={kind!r}; use 'correlated' or 'mean-field'")
 
 
-__all__ = ["BasalGuide", "CombinedGuide", "CorrelatedGuide", "MaskGuide", "MeanFieldGuide",
+__all__ = ["ArtifactGuide", "BasalGuide", "CombinedGuide", "CorrelatedGuide", "MaskGuide", "MeanFieldGuide",
            "basal_posterior_of", "make_guide"]

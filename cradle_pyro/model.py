@@ -13,7 +13,8 @@ site                 shape   plate          role
                                             perturbation on its own target gene,
                                             when the target is a measured gene
 ``dosage``           n × P   cells          treatment received (observed, intervenable)
-``artifact``         n × A   cells          artifact state (observed, intervenable)
+``artifact``         n × A   cells          artifact state (observed, or latent with
+                                            its QC evidence: :mod:`.artifact_state`)
 ``basal``            n × d   cells          the cell before anything happened
 ``library``          n       cells          only sampled when no library size is given
 ``counts``           n × G   cells          observed UMI counts
@@ -50,6 +51,7 @@ import torch
 from pyro.nn import PyroModule, PyroParam
 from torch.distributions import constraints
 
+from .artifact_state import ArtifactEvidence
 from .config import ModelConfig
 from .distributions import bernoulli_pmf
 from .likelihoods import count_distribution
@@ -75,26 +77,38 @@ class CradleModel(PyroModule):
     target_gene
         Per perturbation, the index of its target among the genes (-1 when the
         target is not measured); turns on the ``target_effect`` site.
+    n_qc_covariates, qc_covariate_names, n_flags
+        C QC covariates and their names (:func:`cradle_pyro.qc.artifact_covariates`),
+        and F QC flags (default: ``n_artifacts``), the evidence of a latent
+        artifact state (``artifact_state="latent"`` only).
 
     Call signature (the guides take the same arguments)::
 
-        model(counts=None, dosage=None, artifact=None, library=None, *,
-              cell_index=None, num_cells=None, reference=None, n_cells=None)
+        model(counts=None, dosage=None, artifact=None, library=None, *, qc=None,
+              flags=None, cell_index=None, num_cells=None, reference=None, n_cells=None)
 
     ``num_cells`` is the size of the data set the minibatch comes from (the
     cell plate scales local terms by ``num_cells / batch``); ``reference`` is
-    read by the guide only.
+    read by the guide only. With a latent artifact state, ``artifact`` is
+    ignored (the state is not observed; ``poutine.condition`` fixes it) and
+    ``flags`` (QC flags per criterion, site ``artifact_flag``) and ``qc``
+    (covariates, site ``qc``) are its evidence.
     """
 
     def __init__(self, n_genes, n_perturbations, n_artifacts, config: ModelConfig | None = None,
                  dosage_freq=None, artifact_freq=None, library_loc=8.0, library_scale=0.5,
-                 target_gene=None):
+                 target_gene=None, n_qc_covariates: int = 0, qc_covariate_names=None,
+                 n_flags: int | None = None):
         super().__init__()
         self.config = config = config or ModelConfig()
-        self.n_genes, self.n_perturbations, self.n_artifacts = n_genes, n_perturbations, n_artifacts
+        self.n_genes, self.n_perturbations = n_genes, n_perturbations
+        # the artifact site has one column per artifact kind, or per latent cause
+        # when the artifact state is latent (its QC flags are then evidence)
+        self.n_flags = n_flags if n_flags is not None else n_artifacts
+        self.n_artifacts = len(config.artifact_causes) if config.latent_artifacts else n_artifacts
         self.latent_dim = config.latent_dim
         self.register_buffer("dosage_freq", _freq(dosage_freq, n_perturbations))
-        self.register_buffer("artifact_freq", _freq(artifact_freq, n_artifacts))
+        self.register_buffer("artifact_freq", _freq(artifact_freq, self.n_artifacts))
         self.register_buffer("library_loc", torch.tensor(float(library_loc)))
         self.register_buffer("library_scale", torch.tensor(float(library_scale)))
         # gene index of each perturbation's target (-1: not measured)
@@ -107,6 +121,12 @@ class CradleModel(PyroModule):
             self.effect_log_scale = PyroParam(torch.tensor(float(np.log(config.effect_scale))))
         if config.likelihood == "zinb":
             self.gate_logits = PyroParam(torch.full((n_genes,), -2.0))
+        if config.latent_artifacts:
+            covariates = qc_covariate_names or [f"qc{j}" for j in range(n_qc_covariates)]
+            self.artifact_evidence = ArtifactEvidence(
+                config.artifact_causes, self.n_flags if config.artifact_evidence != "covariates" else 0,
+                covariates if config.artifact_evidence != "flags" else [],
+                config.flag_sensitivity_prior, config.flag_specificity_prior)
 
     @classmethod
     def from_data(cls, data, config: ModelConfig | None = None) -> "CradleModel":
@@ -117,11 +137,20 @@ class CradleModel(PyroModule):
         """
         train = data.indices("train")
         log_lib = np.log(data.library[train])
+        config = config or ModelConfig()
+        artifact_freq = data.artifact[train].mean(0)
+        if config.latent_artifacts:  # the flagged share, spread over the causes
+            flagged = data.artifact[train].max(1).mean() if data.n_artifacts else 0.05
+            artifact_freq = np.full(len(config.artifact_causes), flagged / len(config.artifact_causes))
         model = cls(data.n_genes, data.n_perturbations, data.n_artifacts, config,
-                    dosage_freq=data.dosage[train].mean(0),
-                    artifact_freq=data.artifact[train].mean(0),
+                    dosage_freq=data.dosage[train].mean(0), artifact_freq=artifact_freq,
                     library_loc=float(log_lib.mean()), library_scale=float(log_lib.std() + 1e-3),
-                    target_gene=target_gene_index(data.perturbation_names, data.gene_names))
+                    target_gene=target_gene_index(data.perturbation_names, data.gene_names),
+                    n_qc_covariates=data.n_qc_covariates,
+                    qc_covariate_names=data.qc_covariate_names, n_flags=data.n_qc_flags)
+        if model.config.latent_artifacts:
+            model.artifact_evidence.initialise(data.qc_covariates[train][:, :model.artifact_evidence
+                                               .n_covariates], data.qc_flags[train])
         props = np.asarray((data.counts[train].sum(0))).ravel() / data.library[train].sum()
         with torch.no_grad():
             model.decoder.net[-1].bias.copy_(torch.as_tensor(np.log(props + 1e-7), dtype=torch.float32))
@@ -211,9 +240,9 @@ class CradleModel(PyroModule):
         return prior_distribution(spec, shape, scale, device=self.dosage_freq.device)
 
     def sample_globals(self):
-        """effect, mask (and mask_rate), artifact_effect, target_effect; ``None`` where off."""
+        """effect, mask (and mask_rate), artifact_effect, target_effect, flag rates; ``None`` where off."""
         cfg, d, P, A = self.config, self.latent_dim, self.n_perturbations, self.n_artifacts
-        effect = mask = artifact_effect = target_effect = None
+        effect = mask = artifact_effect = target_effect = flag_rates = None
         if cfg.use_embeddings:
             if cfg.beta_bernoulli_mask:
                 a, b = (torch.tensor(float(v), device=self.dosage_freq.device) for v in cfg.mask_beta)
@@ -231,24 +260,35 @@ class CradleModel(PyroModule):
                 if self.use_target_effects:
                     target_effect = pyro.sample("target_effect", self._prior(
                         "target_effect", "normal", (P,), cfg.target_effect_scale))
-        if cfg.use_artifact_latents:
+        if cfg.use_artifact_latents or cfg.latent_artifacts:
             with pyro.plate("artifact_kinds", A, dim=-1):
-                artifact_effect = pyro.sample(
-                    "artifact_effect", self._prior("artifact_effect", "normal", (A, d)).to_event(1))
-        return effect, mask, artifact_effect, target_effect
+                if cfg.use_artifact_latents:
+                    artifact_effect = pyro.sample(
+                        "artifact_effect", self._prior("artifact_effect", "normal", (A, d)).to_event(1))
+                if cfg.latent_artifacts and self.artifact_evidence.n_flags:
+                    sensitivity = self.artifact_evidence.sample_sensitivity()
+        if cfg.latent_artifacts:
+            flag_rates = ((sensitivity, self.artifact_evidence.sample_specificity())
+                          if self.artifact_evidence.n_flags else (None, None))
+        return effect, mask, artifact_effect, target_effect, flag_rates
 
     # ---------------------------------------------------------------- story
-    def forward(self, counts=None, dosage=None, artifact=None, library=None, *,
-                cell_index=None, num_cells=None, reference=None, n_cells=None):
+    def forward(self, counts=None, dosage=None, artifact=None, library=None, *, qc=None,
+                flags=None, cell_index=None, num_cells=None, reference=None, n_cells=None):
         n = _batch_size(counts, dosage, artifact, library, n_cells)
         device = self.dosage_freq.device
-        effect, mask, artifact_effect, target_effect = self.sample_globals()
+        effect, mask, artifact_effect, target_effect, flag_rates = self.sample_globals()
+        latent = self.config.latent_artifacts
+        if latent:  # not observed: the QC flags and covariates are evidence of it
+            artifact = None
         subsample = cell_index if cell_index is not None else torch.arange(n, device=device)
         with pyro.plate("cells", num_cells or n, subsample=subsample, dim=-1):
             dosage = pyro.sample("dosage", bernoulli_pmf(self.dosage_freq).expand([n, self.n_perturbations])
                                  .to_event(1), obs=dosage)
             artifact = pyro.sample("artifact", bernoulli_pmf(self.artifact_freq)
                                    .expand([n, self.n_artifacts]).to_event(1), obs=artifact)
+            if latent:
+                self.artifact_evidence.observe(artifact, flags, qc, *flag_rates)
             basal = pyro.sample("basal", self._prior("basal", "normal", (n, self.latent_dim)).to_event(1))
             z = self.combine(basal, self.perturbation_offset(dosage, effect, mask),
                              self.artifact_offset(artifact, artifact_effect))

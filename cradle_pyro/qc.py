@@ -488,3 +488,63 @@ def _with_obs(adata: ad.AnnData, extra: pd.DataFrame) -> ad.AnnData:
         if col not in obs:
             obs[col] = extra[col].to_numpy()
     return ad.AnnData(X=adata.X, obs=obs, var=adata.var[[]].copy(), layers=dict(adata.layers))
+
+
+# QC metrics a latent artifact state explains (ModelConfig(artifact_state="latent")):
+# covariate name -> scanpy metric; shares enter on the logit scale, counts on log1p.
+COVARIATE_METRICS = {
+    "log_total_counts": "log1p_total_counts",
+    "log_n_genes": "log1p_n_genes_by_counts",
+    "logit_pct_mt": "pct_counts_mt",
+    "logit_pct_ribo": "pct_counts_ribo",
+    "doublet_score": "doublet_score",
+}
+
+
+def artifact_covariates(metrics: pd.DataFrame, obs: pd.DataFrame | None = None,
+                        thresholds: QCThresholds | None = None) -> pd.DataFrame:
+    """The QC covariates that the latent artifact state explains, one column each.
+
+    Library size and detected genes (log1p), mitochondrial and ribosomal
+    shares (logit), and scrublet's doublet score when it ran. Where a QC rule
+    was learnt on an obs column (a screen's transcriptome-wide totals), that
+    column replaces the panel metric. Columns without spread (no
+    mitochondrial genes measured, say) are left out.
+
+    Example
+    -------
+    >>> from cradle_pyro import simulate_screen
+    >>> adata = simulate_screen(n_cells=200, n_genes=100, seed=0)
+    >>> list(artifact_covariates(qc_metrics(adata)).columns)[:2]
+    ['log_total_counts', 'log_n_genes']
+    """
+    rule_of = {"log_total_counts": "low_total_counts", "log_n_genes": "low_n_genes",
+               "logit_pct_mt": "high_pct_mt", "logit_pct_ribo": "high_pct_ribo"}
+    out = {}
+    for name, metric in COVARIATE_METRICS.items():
+        values = metrics[metric].to_numpy(dtype=float) if metric in metrics else None
+        rule = thresholds.rules.get(rule_of.get(name, "")) if thresholds is not None else None
+        if rule is not None and rule.source != "panel" and obs is not None and rule.column in obs:
+            values = obs[rule.column].to_numpy(dtype=float)
+            values = np.log1p(values) if rule.log1p else values
+        if values is None:
+            continue
+        if name.startswith("logit_"):
+            share = np.clip(values / 100.0, 1e-3, 1 - 1e-3)
+            values = np.log(share) - np.log1p(-share)
+        if np.isfinite(values).all() and np.nanstd(values) > 1e-8:
+            out[name] = values
+    return pd.DataFrame(out, index=metrics.index)
+
+
+def robust_scale(reference: np.ndarray):
+    """Per column: the median and 1.4826·MAD of ``reference`` (MAD 0: its sd, or 1).
+
+    Robust, so the artifacts a latent artifact state models do not set the scale.
+    """
+    if reference.shape[1] == 0:
+        return np.zeros(0), np.ones(0)
+    med = np.median(reference, 0)
+    mad = MAD_SCALE * np.median(np.abs(reference - med), 0)
+    sd = reference.std(0)
+    return med, np.where(mad > 1e-8, mad, np.where(sd > 1e-8, sd, 1.0))

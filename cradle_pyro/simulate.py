@@ -78,6 +78,7 @@ def simulate_screen(
     n_truth_cells: int = 1000,
     n_states: int = 4,
     knockdown: float | None = None,
+    keep_expected: bool = False,
     seed: int = 0,
 ) -> ad.AnnData:
     """Simulate a CRISPR screen with known effects and injected artifacts.
@@ -103,6 +104,10 @@ def simulate_screen(
         CRISPRi-like screens: the natural-log fold change of each single's own
         target gene (e.g. ``-2.0``; per target scaled by U(0.5, 1.5)). Singles
         are then named after their target genes (well-expressed genes).
+    keep_expected
+        Also keep ``layers["clean_expected"]``: each cell's expected clean
+        counts (library × proportions, dense), the noise-free target of
+        counterfactual cleaning.
     n_truth_cells
         Clean cells per condition drawn (common basal states) to compute the
         true average treatment effects in ``uns["truth"]["ate"]``.
@@ -167,11 +172,14 @@ def simulate_screen(
     rest = rng.integers(1, len(conditions), n_cells - n_control)
     cond_idx = rng.permutation(np.concatenate([np.zeros(n_control, int), rest]))
 
-    def draw(cond_rows, z, library):
+    def expected(cond_rows, z, library):
         logits = baseline + (z + latent_effect[cond_rows]) @ decoder + condition_cis[cond_rows]
         prop = np.exp(logits - logits.max(1, keepdims=True))
         prop /= prop.sum(1, keepdims=True)
-        return _nb(rng, library[:, None] * prop, dispersion)
+        return library[:, None] * prop
+
+    def draw(cond_rows, z, library):
+        return _nb(rng, expected(cond_rows, z, library), dispersion)
 
     # basal states cluster (cell-cycle-like states), so doublets of two states stand out
     centres = rng.normal(0.0, 1.5, (n_states, latent_dim))
@@ -220,6 +228,8 @@ def simulate_screen(
         var=pd.DataFrame(index=genes),
         layers={"clean": sp.csr_matrix(clean.astype(np.float32))},
     )
+    if keep_expected:
+        adata.layers["clean_expected"] = expected(cond_idx, basal, library).astype(np.float32)
     adata.uns["truth"] = {
         "conditions": np.array(conditions),
         "latent_effect": latent_effect,

@@ -3,6 +3,7 @@
 Imports :mod:`cradle_pyro` (the model side); never the reverse.
 """
 
+from .artifacts import add_artifact_posterior, artifact_posterior
 from .counterfactuals import counterfactual
 from .effects import PosteriorATE, data_ate, model_ate, posterior_ate, sample_cells
 from .embeddings import add_latents, latent_representation
@@ -15,6 +16,8 @@ from .train import TrainConfig, TrainedRun, fit
 __all__ = [
     "CradleELBO",
     "PosteriorATE",
+    "add_artifact_posterior",
+    "artifact_posterior",
     "add_latents",
     "latent_representation",
     "posterior_ate",

@@ -54,6 +54,15 @@ interval. --wide writes the posterior means only, perturbations × genes.""",
     "evaluate": """examples:
   cradle-pyro evaluate runs/cradle --out report/          # metrics.json, report.md, figures/
   cradle-pyro evaluate runs/cradle --compare runs/sams --out report/""",
+    "artifacts": """examples:
+  cradle-pyro train screen.h5ad --out runs/latent --artifact-state latent
+  cradle-pyro artifacts runs/latent --out artifact_posterior.csv --figure artifacts.png
+
+One row per training cell: p_<cause> (posterior probability of each latent artifact
+cause: damaged, low_complexity, doublet by default), p_any, and the QC flags
+(flag_<criterion>) beside them. Cells with a flag but p_any < 0.5 are ones the
+model judges clean despite the threshold; counterfactual --do artifact=clean
+leaves them nearly as they are.""",
     "embed": """examples:
   cradle-pyro embed runs/cradle --out cells.h5ad --umap umap.png
   # then in Python: sc.pp.neighbors(adata, use_rep="X_cradle_basal"); sc.tl.umap(adata)
@@ -96,6 +105,12 @@ TRAIN_OPTIONS = {
                             "perturbation's own target gene (natural log)"),
     "target_effects": ("model", bool, True, "direct effect of a perturbation on its own target "
                        "gene when the target is measured (--no-target-effects: off)"),
+    "artifact_state": ("model", str, "observed", "observed (the QC flags are the artifact "
+                       "state) or latent (flags and QC covariates are evidence about it; "
+                       "cleaning then trusts the posterior, not the threshold)"),
+    "artifact_evidence": ("model", str, "covariates", "with --artifact-state latent: abduct it "
+                          "from the QC covariates (covariates), the QC flags as noisy labels "
+                          "(flags) or both"),
     "on_divergence": ("train", str, "lower-lr", "on a numerical fault: lower-lr (restore, halve "
                       "the learning rate, retry) or stop"),
     "max_lr_halvings": ("train", int, 4, "how often lower-lr may halve the learning rate"),
@@ -180,9 +195,13 @@ def _check_yaml_types(loaded: dict, name: str):
             check_value(key, value, kinds[typ], owner=name)
         elif typ is str and not isinstance(value, str):
             raise CradleInputError(f"{name}: {key}={value!r} must be text")
-    if "mask_beta" in loaded and not (isinstance(loaded["mask_beta"], list)
-                                      and len(loaded["mask_beta"]) == 2):
-        raise CradleInputError(f"{name}: mask_beta must be a list [a, b] of the Beta prior")
+    for key in ("mask_beta", "flag_sensitivity_prior", "flag_specificity_prior"):
+        if key in loaded and not (isinstance(loaded[key], list) and len(loaded[key]) == 2):
+            raise CradleInputError(f"{name}: {key} must be a list [a, b] of the Beta prior")
+    if "artifact_causes" in loaded and not (isinstance(loaded["artifact_causes"], list)
+                                            and all(isinstance(c, str) for c in loaded["artifact_causes"])):
+        raise CradleInputError(f"{name}: artifact_causes must be a list of names, "
+                               "e.g. [damaged, low_complexity, doublet]")
     if "priors" in loaded and not (isinstance(loaded["priors"], dict)
                                    and all(isinstance(v, str) for v in loaded["priors"].values())):
         raise CradleInputError(f"{name}: priors must map sites to prior names, "
@@ -195,7 +214,8 @@ def _check_yaml_types(loaded: dict, name: str):
 
 
 # settable in YAML only (structured values): key -> (section, check)
-YAML_ONLY = {"mask_beta": "model", "priors": "model"}
+YAML_ONLY = {"mask_beta": "model", "priors": "model", "flag_sensitivity_prior": "model",
+             "flag_specificity_prior": "model", "artifact_causes": "model"}
 
 
 def configs_from_options(opts):
@@ -319,6 +339,24 @@ def cmd_embed(args):
     if args.umap:
         umap_figure(cells, args.umap)
         print(f"wrote {args.umap}")
+
+
+def cmd_artifacts(args):
+    from .artifacts import artifact_figure, artifact_posterior, artifact_summary
+    from .run_io import load_run
+
+    run = load_run(args.run, device=args.device)
+    post = artifact_posterior(run.model, run.guide, run.data)
+    post.to_csv(args.out)
+    summary = artifact_summary(post)
+    print(f"wrote {args.out}: {summary['n_cells']} cells; {summary['flagged']} QC-flagged, "
+          f"{summary['abducted_artifact']} abducted as artifacts (P >= 0.5); "
+          f"{summary['flagged_but_clean']} flagged but abducted clean, "
+          f"{summary['unflagged_but_artifact']} unflagged but abducted as artifacts")
+    if args.figure:
+        _check_output_file(args.figure)
+        artifact_figure(post, run.data, args.figure)
+        print(f"wrote {args.figure}")
 
 
 def cmd_diagnose(args):
@@ -516,6 +554,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generated clean cells per draw and condition (default 500)")
     p.set_defaults(func=cmd_evaluate)
 
+    p = run_cmd("artifacts", "posterior probability of each artifact cause per cell, beside "
+                "the QC flags (runs trained with --artifact-state latent)")
+    p.add_argument("--out", required=True, help="output CSV")
+    p.add_argument("--figure", default=None, help="also draw the posterior against the QC "
+                   "metrics into this PNG")
+    p.set_defaults(func=cmd_artifacts)
+
     p = run_cmd("embed", "latent representations of the training cells into obsm, for scanpy")
     p.add_argument("--out", required=True, help="output .h5ad with obsm X_cradle_basal, X_cradle_latent")
     p.add_argument("--umap", default=None, help="also draw UMAPs of both into this PNG")
@@ -529,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-FILE_OUTPUTS = ("qc", "effects", "sample", "counterfactual", "embed", "diagnose")
+FILE_OUTPUTS = ("qc", "effects", "sample", "counterfactual", "artifacts", "embed", "diagnose")
 
 
 def _check_output_file(path):

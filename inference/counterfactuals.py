@@ -38,6 +38,7 @@ import scipy.sparse as sp
 import torch
 from pyro import poutine
 
+from .artifacts import artifact_posterior
 from .effects import _names
 from .interventions import artifact_value, intervene
 from .seeding import keeps_global_rng
@@ -116,7 +117,9 @@ def counterfactual(model, guide, data, *, artifact=None, dosage=None, split=None
         ``layers["expected"]`` expected counterfactual counts,
         ``layers["factual"]`` and ``layers["factual_expected"]`` the same
         without intervention; obs carries the observed condition and artifact
-        state and the intervention. With ``num_samples >= 2`` also
+        state (QC flags) and the intervention, and, for a latent artifact state,
+        the posterior probability of each cause (``artifact_p_<cause>``) from
+        which abduction drew it. With ``num_samples >= 2`` also
         ``layers["expected_lower"]`` / ``["expected_upper"]`` (interval of the
         expected counterfactual counts) and ``layers["effect_lower"]`` /
         ``["effect_upper"]`` (interval of the individual effect, expected
@@ -166,6 +169,10 @@ def counterfactual(model, guide, data, *, artifact=None, dosage=None, split=None
         "do_artifact": "" if artifact is None else str(artifact),
         "do_dosage": "" if dosage is None else str(dosage),
     }, index=[data.obs_names[i] for i in idx])
+    if model.config.latent_artifacts:  # abduction drew the artifact state from this posterior
+        post = artifact_posterior(model, guide, data, split=split).loc[obs.index]
+        for col in post.filter(like="p_").columns:
+            obs[f"artifact_{col}"] = post[col].to_numpy()
     stack = {k: np.concatenate(v).astype(np.float32) for k, v in out.items()}
     layers = {"expected": stack["cf_mean"], "factual": sp.csr_matrix(stack["fa"]),
               "factual_expected": stack["fa_mean"]}

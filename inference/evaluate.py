@@ -39,6 +39,7 @@ from cradle_pyro.qc import qc_metrics
 from cradle_pyro.splits import targets_of
 
 from .effects import perturbseq_normalise, posterior_ate, sample_cells
+from .artifacts import artifact_figure, artifact_posterior, artifact_summary
 from .embeddings import cells_with_latents, umap_figure
 from .metrics import pca_energy_distance, qc_pass_rate
 from .objective import iwelbo
@@ -130,6 +131,11 @@ def _generation_checks(run, data, perts, split, n_generated, seed, figure_path) 
         _qc_figure(generated, data, split, perts[:8], figure_path)
     umap_path = figure_path.with_name(figure_path.name.replace("qc_", "umap_"))
     umap_figure(cells_with_latents(run.model, run.guide, data, seed=seed), umap_path)
+    if run.model.config.latent_artifacts:
+        post = artifact_posterior(run.model, run.guide, data)
+        entry["artifact_posterior"] = artifact_summary(post)
+        artifact_figure(post, data, figure_path.with_name(
+            figure_path.name.replace("qc_", "artifacts_")))
     return entry
 
 
@@ -249,6 +255,14 @@ def markdown_report(report: dict) -> str:
         lines.append(f"| {name} | {f(m.get('qc_pass_rate_generated_clean'))} | "
                      f"{f(m.get('energy_distance_pca'))} | {f(m.get('iwelbo_mean'))} |")
     lines += ["", "![ATE scatter](figures/ate_scatter.png)", "", "![loss](figures/loss_curves.png)", ""]
+    for name, m in report["models"].items():
+        if "artifact_posterior" in m:
+            a = m["artifact_posterior"]
+            lines += ["", f"Latent artifact state ({name}): {a['flagged']} cells QC-flagged, "
+                      f"{a['abducted_artifact']} abducted as artifacts (P ≥ 0.5); "
+                      f"{a['flagged_but_clean']} flagged cells abducted clean, "
+                      f"{a['unflagged_but_artifact']} unflagged cells abducted as artifacts.", "",
+                      f"![artifact posterior, {name}](figures/artifacts_{_safe(name)}.png)", ""]
     for name in report["models"]:
         lines.append(f"![QC of generated cells, {name}](figures/qc_{_safe(name)}.png)")
         lines.append(f"![UMAPs of the basal state and the full latent, {name}]"

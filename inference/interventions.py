@@ -134,6 +134,8 @@ def intervene(model, *, dosage=None, artifact=None, perturbation_names=None,
         raise CradleInputError(f"cannot intervene on {unknown}: intervenable sites are "
                                f"{list(INTERVENABLE)}")
     config = getattr(model, "config", None)
+    if config is not None and config.latent_artifacts:  # the site holds the latent causes
+        artifact_names = list(config.artifact_causes)
     if artifact is not None and config is not None and not config.artifact_to_decoder:
         raise CradleInputError(
             f"model {config.model!r} has no path from artifact to counts: do(artifact=...) "

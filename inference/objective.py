@@ -160,6 +160,9 @@ class CradleELBO:
     def traces(self, model, guide, **kwargs):
         """Vectorised guide and model traces with log-densities computed."""
         scales = self.site_scales(kwargs["dosage"], kwargs.get("artifact"), kwargs.get("num_cells"))
+        if getattr(getattr(model, "config", None), "latent_artifacts", False):
+            # the flags are not the artifact state: its effect is a plain global (weight 1)
+            scales.pop("artifact_effect", None)
         particles = pyro.plate("particles", self.num_particles, dim=PARTICLE_DIM)
         with SiteScale(scales), particles:
             guide_trace = poutine.trace(guide).get_trace(**kwargs)
@@ -241,6 +244,10 @@ class CradleELBO:
             return zero
         if getattr(model, "artifact_offset_dim", 1) == 0:
             return zero  # no artifact path (sams, cpa, svae+): nothing to align
+        if getattr(getattr(model, "config", None), "latent_artifacts", False):
+            # reference groups are cut by the QC flags; with a latent artifact state
+            # the flags are evidence, not the state, so there is nothing to align to
+            return zero
         posterior = basal_posterior_of(guide)
         if posterior is None:
             raise ValueError(
@@ -305,7 +312,10 @@ def _location(fn):
     return fn.loc if hasattr(fn, "loc") else fn.mean
 
 
-GLOBAL_SITES = ("effect", "mask", "mask_rate", "artifact_effect", "target_effect")
+GLOBAL_SITES = ("effect", "mask", "mask_rate", "artifact_effect", "target_effect",
+                "flag_sensitivity", "flag_specificity")
+# per-cell sites of p(x_n, z_n | globals); ``artifact`` counts only where it is latent
+LOCAL_SITES = ("artifact", "artifact_flag", "qc", "basal", "library", "counts")
 
 
 def per_cell_log_weights(model, guide, num_particles: int, return_globals: bool = False,
@@ -323,13 +333,15 @@ def per_cell_log_weights(model, guide, num_particles: int, return_globals: bool 
         guide_trace = poutine.trace(guide).get_trace(**kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(**kwargs)
     n = kwargs["counts"].shape[-2]
-    out = torch.zeros(num_particles, n, device=kwargs["counts"].device)
-    for name in ("basal", "counts", "library"):
-        if name in model_trace.nodes:
+    local = torch.zeros(num_particles, n, device=kwargs["counts"].device)
+    for name in LOCAL_SITES:
+        latent = name in guide_trace.nodes
+        if name in model_trace.nodes and (latent or name not in ("artifact",)):
             site = model_trace.nodes[name]
-            out = out + site["fn"].log_prob(site["value"]).expand(num_particles, n)
-    site = guide_trace.nodes["basal"]
-    local = out - site["fn"].log_prob(site["value"]).expand(num_particles, n)
+            local = local + site["fn"].log_prob(site["value"]).expand(num_particles, n)
+        if latent:
+            site = guide_trace.nodes[name]
+            local = local - site["fn"].log_prob(site["value"]).expand(num_particles, n)
     if not return_globals:
         return local
     glob = torch.zeros(num_particles, device=local.device)

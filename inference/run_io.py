@@ -65,6 +65,8 @@ from .train import TrainConfig, TrainedRun, atomic_save, fit, load_tensors
 SPLIT_COLUMN = "cradle_split"
 LIBRARY_COLUMN = "cradle_library"
 ARTIFACT_PREFIX = "cradle_artifact_"
+QC_PREFIX = "cradle_qc_"  # standardised QC covariates of a latent artifact state
+FLAG_PREFIX = "cradle_flag_"  # QC flags per criterion, its evidence
 
 
 def _write_text(path: Path, text: str):
@@ -289,7 +291,11 @@ def _write_run(run: TrainedRun, path: Path):
     atomic_save(run.guide.state_dict(), path / "guide.pt")
     run.history.to_csv(path / "history.csv", index=False)
     names = {"genes": data.gene_names, "perturbations": data.perturbation_names,
-             "artifacts": data.artifact_names, "conditions": data.condition_names}
+             "artifacts": data.artifact_names, "conditions": data.condition_names,
+             "qc_covariates": {"names": list(getattr(data, "qc_covariate_names", [])),
+                               "centre": _floats(getattr(data, "qc_covariate_centre", None)),
+                               "scale": _floats(getattr(data, "qc_covariate_scale", None))},
+             "qc_flags": list(getattr(data, "qc_flag_names", []))}
     _write_text(path / "names.json", json.dumps(names))
     if data.qc_thresholds is not None:
         _write_text(path / "qc_thresholds.json", json.dumps(data.qc_thresholds.to_dict(), indent=2))
@@ -297,7 +303,27 @@ def _write_run(run: TrainedRun, path: Path):
                          columns=[ARTIFACT_PREFIX + a for a in data.artifact_names])
     cells.insert(0, SPLIT_COLUMN, data.split)
     cells[LIBRARY_COLUMN] = data.library
+    qc = getattr(data, "qc_covariates", None)
+    for j, name in enumerate(names["qc_covariates"]["names"]):
+        cells[QC_PREFIX + name] = qc[:, j]
+    for j, name in enumerate(names["qc_flags"]):
+        cells[FLAG_PREFIX + name] = data.qc_flags[:, j]
     cells.to_csv(path / "cells.csv")
+
+
+def _floats(values) -> list:
+    return [] if values is None else [float(v) for v in np.asarray(values).ravel()]
+
+
+def _saved_flag_names(run_dir: Path) -> list:
+    return json.loads((run_dir / "names.json").read_text()).get("qc_flags") or []
+
+
+def _saved_qc_covariates(run_dir: Path):
+    """(names, centre, scale) of the run's QC covariates (empty for older runs)."""
+    saved = json.loads((run_dir / "names.json").read_text()).get("qc_covariates") or {}
+    names = saved.get("names", [])
+    return names, np.asarray(saved.get("centre", []), float), np.asarray(saved.get("scale", []), float)
 
 
 def _jsonable(d: dict) -> dict:
@@ -318,6 +344,8 @@ def rebuild_data(run_dir, adata: ad.AnnData | None = None) -> PerturbationData:
         source = f"the training file {src!r}"
     cells = pd.read_csv(run_dir / "cells.csv", index_col=0).drop(columns=[LIBRARY_COLUMN],
                                                                   errors="ignore")
+    qc_cols = [c for c in cells.columns if c.startswith((QC_PREFIX, FLAG_PREFIX))]
+    qc_saved, cells = cells[qc_cols], cells.drop(columns=qc_cols)
     missing = cells.index.difference(adata.obs_names.astype(str))
     if len(missing):
         raise CradleInputError(
@@ -336,6 +364,14 @@ def rebuild_data(run_dir, adata: ad.AnnData | None = None) -> PerturbationData:
     art_cols = [c for c in cells.columns if c.startswith(ARTIFACT_PREFIX)]
     data = PerturbationData.from_anndata(view, split=SPLIT_COLUMN, artifact=art_cols, **args)
     data.artifact_names = [c[len(ARTIFACT_PREFIX):] for c in art_cols]
+    names, centre, scale = _saved_qc_covariates(run_dir)
+    if names:  # as trained (scrublet's doublet score is not recomputed)
+        values = qc_saved[[QC_PREFIX + n for n in names]].to_numpy()
+        data.set_qc_covariates(values * scale + centre, names, centre, scale)
+    flag_names = _saved_flag_names(run_dir)
+    if flag_names:
+        data.qc_flags = qc_saved[[FLAG_PREFIX + n for n in flag_names]].to_numpy(dtype=np.float32)
+        data.qc_flag_names = flag_names
     qc_path = run_dir / "qc_thresholds.json"
     if qc_path.exists():
         data.qc_thresholds = QCThresholds.from_dict(json.loads(qc_path.read_text()))
@@ -373,11 +409,16 @@ class RunData:
         self.qc_thresholds = (QCThresholds.from_dict(json.loads(qc_path.read_text()))
                               if qc_path.exists() else None)
         self.gene_mean = self.gene_std = None  # filled from the guide's state
+        (self.qc_covariate_names, self.qc_covariate_centre,
+         self.qc_covariate_scale) = _saved_qc_covariates(run_dir)
+        self.qc_flag_names = _saved_flag_names(run_dir) or list(self.artifact_names)
 
     n_genes = property(lambda self: len(self.gene_names))
     n_perturbations = property(lambda self: len(self.perturbation_names))
     n_artifacts = property(lambda self: len(self.artifact_names))
     n_cells = property(lambda self: len(self.obs_names))
+    n_qc_covariates = property(lambda self: len(self.qc_covariate_names))
+    n_qc_flags = property(lambda self: len(self.qc_flag_names))
 
     def indices(self, split=None) -> np.ndarray:
         return np.arange(self.n_cells) if split is None else np.flatnonzero(self.split == split)
@@ -416,7 +457,9 @@ def load_run(run_dir, adata: ad.AnnData | None = None, device="cpu") -> TrainedR
                       UserWarning, stacklevel=2)
         data = RunData(run_dir, config)
         model = CradleModel(data.n_genes, data.n_perturbations, data.n_artifacts, mc,
-                            target_gene=target_gene_index(data.perturbation_names, data.gene_names))
+                            target_gene=target_gene_index(data.perturbation_names, data.gene_names),
+                            n_qc_covariates=data.n_qc_covariates,
+                            qc_covariate_names=data.qc_covariate_names, n_flags=data.n_qc_flags)
         guide = make_guide(config["guide"], model)
     else:
         data = rebuild_data(run_dir, adata)
@@ -454,9 +497,13 @@ def cells_for_run(run: TrainedRun, adata: ad.AnnData, perturbation_key: str | No
     key = perturbation_key or ((run.data_source or {}).get("args") or {}).get(
         "perturbation_key", "perturbation")
     obs = adata.obs.copy()
+    flags = None
     if ref.qc_thresholds is not None:
         labels = ref.qc_thresholds.judge(adata, layer=layer)
         art = ref.qc_thresholds.artifact_matrix(labels)
+        # scrublet is not rerun on new cells: their doublet flag reads 0
+        flags = labels.reindex(columns=[f"qc_{c}" for c in ref.qc_flag_names],
+                               fill_value=0).to_numpy(dtype=np.float32)
     else:
         cols = [a for a in ref.artifact_names if a in obs]
         if len(cols) != ref.n_artifacts:
@@ -478,5 +525,30 @@ def cells_for_run(run: TrainedRun, adata: ad.AnnData, perturbation_key: str | No
     data.artifact_names = list(ref.artifact_names)
     data.gene_mean, data.gene_std = ref.gene_mean, ref.gene_std
     data.qc_thresholds = ref.qc_thresholds
+    if flags is not None:
+        data.qc_flags, data.qc_flag_names = flags, list(ref.qc_flag_names)
+    _run_qc_covariates(data, ref, adata, layer)
     data._device_cache.clear()
     return data
+
+
+def _run_qc_covariates(data, ref, adata, layer):
+    """New cells' QC covariates on the run's scale; ones that cannot be computed
+    here (scrublet's doublet score) are set to the training median, with a warning."""
+    names = list(getattr(ref, "qc_covariate_names", []))
+    if not names:
+        return
+    from cradle_pyro.qc import artifact_covariates, qc_metrics
+
+    table = artifact_covariates(qc_metrics(adata, layer=layer), adata.obs, ref.qc_thresholds)
+    centre, scale = ref.qc_covariate_centre, ref.qc_covariate_scale
+    missing = [n for n in names if n not in table]
+    if missing:
+        import warnings
+
+        warnings.warn(f"QC covariate(s) {missing} of the run cannot be computed for these cells; "
+                      "set to the training median (no evidence either way)", UserWarning,
+                      stacklevel=3)
+    values = np.stack([table[n].to_numpy(float) if n in table else np.full(len(table), centre[j])
+                       for j, n in enumerate(names)], 1)
+    data.set_qc_covariates(values, names, centre, scale)

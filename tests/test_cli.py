@@ -140,3 +140,26 @@ def test_every_config_field_is_settable_from_the_command_line_or_yaml(tmp_path):
     assert mc.mask_beta == [2, 8] and mc.priors == {"effect": "laplace"} and mc.mask_prob == 0.3
     assert mc.target_effects is False and tc.on_divergence == "stop" and tc.max_lr_halvings == 2
     assert tc.select == "ate" and tc.warmup == 2
+
+
+def test_latent_artifact_state_from_the_command_line(screen, run_dir, tmp_path, capsys):
+    out = tmp_path / "latent"
+    assert main(["train", str(screen), "--out", str(out), "--epochs", "3", "--latent-dim", "4",
+                 "--hidden-dim", "32", "--num-particles", "2", "--no-doublets",
+                 "--artifact-state", "latent"]) == 0
+    capsys.readouterr()
+    assert main(["artifacts", str(out), "--out", str(tmp_path / "post.csv"),
+                 "--figure", str(tmp_path / "post.png")]) == 0
+    assert "abducted as artifacts" in capsys.readouterr().out
+    post = pd.read_csv(tmp_path / "post.csv", index_col=0)
+    assert {"p_damaged", "p_low_complexity", "p_doublet", "p_any"} <= set(post.columns)
+    assert post["p_any"].between(0, 1).all() and len(post) == 600
+    assert (tmp_path / "post.png").stat().st_size > 0
+    assert main(["counterfactual", str(out), str(screen), "--do", "artifact=clean", "--out",
+                 str(tmp_path / "cf.h5ad")]) == 0
+    assert "artifact_p_damaged" in ad.read_h5ad(tmp_path / "cf.h5ad").obs
+    # a run that observes its artifact state has no posterior to report: one line, exit 2
+    assert main(["artifacts", str(run_dir), "--out", str(tmp_path / "x.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "artifact_state='latent'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.csv").exists()
