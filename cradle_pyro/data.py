@@ -37,6 +37,9 @@ from .references import ReferenceProfiles, build_reference_profiles
 from .splits import make_split, targets_of
 
 
+CHUNK_CELLS = 50_000  # cells per chunk of whole-data passes (standardisation)
+
+
 class Reference(NamedTuple):
     """The reference groups present in one minibatch.
 
@@ -80,10 +83,12 @@ class _DeviceCSR:
     """CSR arrays as torch tensors; densifies a set of rows with torch ops only."""
 
     def __init__(self, matrix: sp.csr_matrix, device):
+        # On the CPU the tensors share the CSR arrays (no copy): int32 column
+        # indices stay int32 and are widened per batch only.
         self.shape = matrix.shape
-        self.indptr = torch.as_tensor(matrix.indptr.astype(np.int64), device=device)
-        self.indices = torch.as_tensor(matrix.indices.astype(np.int64), device=device)
-        self.data = torch.as_tensor(matrix.data.astype(np.float32), device=device)
+        self.indptr = torch.as_tensor(matrix.indptr.astype(np.int64, copy=False), device=device)
+        self.indices = torch.as_tensor(matrix.indices, device=device)
+        self.data = torch.as_tensor(np.asarray(matrix.data, dtype=np.float32), device=device)
 
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
         start, stop = self.indptr[idx], self.indptr[idx + 1]
@@ -96,8 +101,24 @@ class _DeviceCSR:
         offset = torch.arange(total, device=idx.device) - torch.repeat_interleave(
             torch.cumsum(lengths, 0) - lengths, lengths)
         pos = torch.repeat_interleave(start, lengths) + offset
-        out[row, self.indices[pos]] = self.data[pos]
+        out[row, self.indices[pos].long()] = self.data[pos]
         return out
+
+
+class _StageClock:
+    """Wall seconds of consecutive stages (``stop(name)`` ends the current one)."""
+
+    def __init__(self):
+        import time
+
+        self._now = time.perf_counter
+        self._last = self._now()
+        self.seconds = {}
+
+    def stop(self, name):
+        now = self._now()
+        self.seconds[name] = round(now - self._last, 3)
+        self._last = now
 
 
 def _validate_anndata(adata, perturbation_key, control_label, layer):
@@ -160,6 +181,7 @@ class PerturbationData:
     qc_covariate_centre: np.ndarray | None = None
     qc_covariate_scale: np.ndarray | None = None
     _device_cache: dict = field(default_factory=dict, repr=False)
+    build_seconds: dict = field(default_factory=dict, repr=False)  # from_anndata's stages
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -212,6 +234,7 @@ class PerturbationData:
         seed
             Seeds the split, scrublet and the choice of reference peers.
         """
+        clock = _StageClock()
         _validate_anndata(adata, perturbation_key, control_label, layer)
         labels_all = adata.obs[perturbation_key].astype(str).to_numpy()
         keep = ~np.isin(labels_all, list(drop_labels))
@@ -220,10 +243,12 @@ class PerturbationData:
         view = adata[keep] if not keep.all() else adata
         X = in_memory(view.X if layer is None else view.layers[layer])
         rounded = check_counts(X, non_integer_counts)
-        counts = sp.csr_matrix(X, dtype=np.float32, copy=True)
+        # the user's matrix is shared, never written to: copied only to convert or round
+        counts = sp.csr_matrix(X, dtype=np.float32, copy=rounded)
         if rounded:
             counts.data = np.round(counts.data)
             counts.eliminate_zeros()
+        clock.stop("counts")
         library = np.asarray(counts.sum(1)).ravel().astype(np.float32)
         if (library <= 0).any():
             raise CradleInputError(
@@ -250,6 +275,7 @@ class PerturbationData:
             column_values=view.obs[split].to_numpy() if split in view.obs else None,
         )
 
+        clock.stop("labels_and_split")
         qc_thresholds, qc_table = None, None
         qc_view = ad.AnnData(X=counts, obs=view.obs.copy(), var=pd.DataFrame(index=view.var_names))
         if artifact is None:
@@ -270,9 +296,11 @@ class PerturbationData:
                 raise CradleInputError(f"artifact column(s) {cols} must hold 0/1 or booleans")
             artifact_names = cols
 
+        clock.stop("qc")
         references = build_reference_profiles(
             counts, split_labels, condition_code, artifact_mat, max_cells=reference_cells,
             artifact_cells_only=reference_artifact_cells_only, seed=seed)
+        clock.stop("references")
 
         data = cls(
             counts=counts, dosage=condition_dosage[condition_code], artifact=artifact_mat,
@@ -285,6 +313,7 @@ class PerturbationData:
             qc_thresholds=qc_thresholds, qc_table=qc_table,
         )
         data.gene_mean, data.gene_std = data._log_standardisation()
+        clock.stop("standardisation")
         covariates = artifact_covariates(qc_table if qc_table is not None else qc_metrics(qc_view),
                                          view.obs, qc_thresholds)
         values = covariates.to_numpy(dtype=float)
@@ -296,6 +325,8 @@ class PerturbationData:
             data.qc_flag_names = names
         else:
             data.qc_flags, data.qc_flag_names = artifact_mat.copy(), list(artifact_names)
+        clock.stop("qc_covariates")
+        data.build_seconds = clock.seconds
         return data
 
     def set_qc_covariates(self, values, names, centre, scale):
@@ -309,12 +340,18 @@ class PerturbationData:
     def _log_standardisation(self):
         """Gene mean and std of log1p(1e4·x/library) on training cells; std 0 → 1."""
         train = np.flatnonzero(self.split == "train")
-        norm = sp.diags(1e4 / self.library[train]) @ self.counts[train]
-        norm.data = np.log1p(norm.data)
-        mean = np.asarray(norm.mean(0)).ravel()
-        sq = norm.copy()
-        sq.data **= 2
-        var = np.asarray(sq.mean(0)).ravel() - mean ** 2
+        total = np.zeros(self.n_genes)
+        total_sq = np.zeros(self.n_genes)
+        # in chunks of cells: memory bounded by the chunk, not the data set
+        for start in range(0, len(train), CHUNK_CELLS):
+            rows = train[start:start + CHUNK_CELLS]
+            norm = self.counts[rows]
+            norm.data = np.log1p(norm.data * np.repeat(1e4 / self.library[rows],
+                                                       np.diff(norm.indptr)))
+            total += np.bincount(norm.indices, weights=norm.data, minlength=self.n_genes)
+            total_sq += np.bincount(norm.indices, weights=norm.data ** 2, minlength=self.n_genes)
+        mean = total / max(len(train), 1)
+        var = total_sq / max(len(train), 1) - mean ** 2
         std = np.sqrt(np.clip(var, 0, None))
         # all-zero genes (half of the Norman panel) would divide by zero
         std[std < 1e-6] = 1.0

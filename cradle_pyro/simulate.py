@@ -31,6 +31,8 @@ Example
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -123,50 +125,13 @@ def simulate_screen(
         decoder, interaction combinations and true ATEs (conditions × genes).
     """
     rng = np.random.default_rng(seed)
-    genes = _gene_names(n_genes)
-    is_mt = np.array([g.startswith("MT-") for g in genes])
-    is_ribo = np.array([g.startswith(("RPL", "RPS")) for g in genes])
-    is_hb = np.array([g.startswith("HB") for g in genes])
-
-    baseline = rng.normal(0.0, 1.0, n_genes)
-    baseline[is_mt] += 2.5
-    baseline[is_ribo] += 2.0
-    baseline[is_hb] -= 4.0  # haemoglobin barely expressed, as in non-erythroid cells
-    decoder = rng.normal(0.0, 1.0 / np.sqrt(latent_dim), (latent_dim, n_genes))
-    decoder[:, is_mt | is_ribo] *= 0.1  # housekeeping-like groups vary little
-    dispersion = rng.gamma(4.0, 2.0, n_genes)
-
-    singles = [f"P{i}" for i in range(n_singles)]
-    cis = np.zeros((n_singles, n_genes))
-    if knockdown is not None:
-        candidates = np.flatnonzero(~(is_mt | is_ribo | is_hb))
-        targets = candidates[np.argsort(-baseline[candidates])[:n_singles]]
-        singles = [genes[t] for t in targets]
-        cis[np.arange(n_singles), targets] = knockdown * rng.uniform(0.5, 1.5, n_singles)
-    single_effect = np.zeros((n_singles, latent_dim))
-    for i in range(n_singles):
-        dims = rng.choice(latent_dim, size=2, replace=False)
-        single_effect[i, dims] = rng.choice([-1, 1], 2) * rng.uniform(0.7, 1.3, 2) * effect_scale
-    pairs = set()
-    while len(pairs) < n_combinations:
-        a, b = sorted(rng.choice(n_singles, 2, replace=False))
-        pairs.add((int(a), int(b)))
-    pairs = sorted(pairs)
-    conditions = ["control"] + singles + [f"{singles[a]}+{singles[b]}" for a, b in pairs]
-    latent_effect = np.zeros((len(conditions), latent_dim))
-    latent_effect[1:1 + n_singles] = single_effect
-    condition_cis = np.zeros((len(conditions), n_genes))
-    condition_cis[1:1 + n_singles] = cis
-    for j, (a, b) in enumerate(pairs):
-        condition_cis[1 + n_singles + j] = cis[a] + cis[b]
-    interacting = []
-    for j, (a, b) in enumerate(pairs):
-        row = 1 + n_singles + j
-        latent_effect[row] = single_effect[a] + single_effect[b]
-        if j < n_interacting:
-            dim = rng.integers(latent_dim)
-            latent_effect[row, dim] += effect_scale * rng.choice([-1, 1])
-            interacting.append(conditions[row])
+    design = _screen_design(rng, n_genes, n_singles, n_combinations, n_interacting, latent_dim,
+                            effect_scale, knockdown)
+    genes, is_mt, conditions = design.genes, design.is_mt, design.conditions
+    baseline, decoder, dispersion = design.baseline, design.decoder, design.dispersion
+    latent_effect, condition_cis, interacting = (design.latent_effect, design.condition_cis,
+                                                 design.interacting)
+    singles, cis, pairs = design.singles, design.cis, design.pairs
 
     n_control = int(round(control_fraction * n_cells))
     rest = rng.integers(1, len(conditions), n_cells - n_control)
@@ -248,3 +213,58 @@ def simulate_screen(
     adata.uns["control_label"] = "control"
     adata.uns["combination_separator"] = "+"
     return adata
+
+
+def _screen_design(rng, n_genes, n_singles, n_combinations, n_interacting, latent_dim,
+                   effect_scale, knockdown):
+    """Genes, baseline, decoder, dispersion, effects and conditions of a screen (one RNG stream)."""
+    genes = _gene_names(n_genes)
+    is_mt = np.array([g.startswith("MT-") for g in genes])
+    is_ribo = np.array([g.startswith(("RPL", "RPS")) for g in genes])
+    is_hb = np.array([g.startswith("HB") for g in genes])
+
+    baseline = rng.normal(0.0, 1.0, n_genes)
+    baseline[is_mt] += 2.5
+    baseline[is_ribo] += 2.0
+    baseline[is_hb] -= 4.0  # haemoglobin barely expressed, as in non-erythroid cells
+    decoder = rng.normal(0.0, 1.0 / np.sqrt(latent_dim), (latent_dim, n_genes))
+    decoder[:, is_mt | is_ribo] *= 0.1  # housekeeping-like groups vary little
+    dispersion = rng.gamma(4.0, 2.0, n_genes)
+
+    singles = [f"P{i}" for i in range(n_singles)]
+    cis = np.zeros((n_singles, n_genes))
+    if knockdown is not None:
+        candidates = np.flatnonzero(~(is_mt | is_ribo | is_hb))
+        targets = candidates[np.argsort(-baseline[candidates])[:n_singles]]
+        singles = [genes[t] for t in targets]
+        cis[np.arange(n_singles), targets] = knockdown * rng.uniform(0.5, 1.5, n_singles)
+    single_effect = np.zeros((n_singles, latent_dim))
+    for i in range(n_singles):
+        dims = rng.choice(latent_dim, size=2, replace=False)
+        single_effect[i, dims] = rng.choice([-1, 1], 2) * rng.uniform(0.7, 1.3, 2) * effect_scale
+    pairs = set()
+    while len(pairs) < n_combinations:
+        a, b = sorted(rng.choice(n_singles, 2, replace=False))
+        pairs.add((int(a), int(b)))
+    pairs = sorted(pairs)
+    conditions = ["control"] + singles + [f"{singles[a]}+{singles[b]}" for a, b in pairs]
+    latent_effect = np.zeros((len(conditions), latent_dim))
+    latent_effect[1:1 + n_singles] = single_effect
+    condition_cis = np.zeros((len(conditions), n_genes))
+    condition_cis[1:1 + n_singles] = cis
+    for j, (a, b) in enumerate(pairs):
+        condition_cis[1 + n_singles + j] = cis[a] + cis[b]
+    interacting = []
+    for j, (a, b) in enumerate(pairs):
+        row = 1 + n_singles + j
+        latent_effect[row] = single_effect[a] + single_effect[b]
+        if j < n_interacting:
+            dim = rng.integers(latent_dim)
+            latent_effect[row, dim] += effect_scale * rng.choice([-1, 1])
+            interacting.append(conditions[row])
+
+    return SimpleNamespace(
+        genes=genes, is_mt=is_mt, is_ribo=is_ribo, is_hb=is_hb, baseline=baseline,
+        decoder=decoder, dispersion=dispersion, singles=singles, cis=cis, pairs=pairs,
+        conditions=conditions, latent_effect=latent_effect, condition_cis=condition_cis,
+        interacting=interacting)

@@ -10,7 +10,8 @@ from sklearn.metrics import roc_auc_score
 from cradle_pyro import ModelConfig, PerturbationData, simulate_screen
 from cradle_pyro.distributions import BinaryStates, binary_states
 from cradle_pyro.model import CradleModel
-from inference import TrainConfig, artifact_posterior, counterfactual, fit, load_run, save_run
+from inference import (TrainConfig, add_artifact_posterior, artifact_posterior, counterfactual, fit,
+                       load_run, save_run)
 from inference.interventions import intervene
 
 LATENT = ModelConfig(artifact_state="latent")
@@ -147,3 +148,10 @@ def test_saved_latent_run_gives_the_same_posterior(tmp_path, screen, latent_run)
     a = artifact_posterior(latent_run.model, latent_run.guide, data)
     b = artifact_posterior(again.model, again.guide, again.data)
     np.testing.assert_allclose(a.to_numpy(), b.loc[a.index].to_numpy(), atol=1e-5)
+    # into obs beside the flags, without touching anything else
+    view = adata.copy()
+    before = list(view.obs.columns)
+    add_artifact_posterior(view, again.model, again.guide, again.data)
+    assert list(view.obs.columns)[:len(before)] == before
+    np.testing.assert_allclose(view.obs["cradle_p_damaged"].to_numpy(), a["p_damaged"].to_numpy(),
+                               atol=1e-5)

@@ -1,0 +1,118 @@
+"""Latent vs observed artifact state on the Papalexi 2021 ECCITE-seq screen (THP-1).
+
+Reads ../shared/data/papalexi2021_thp1_eccite_lowmoi.h5ad (unassigned cells
+dropped), QC with the transcriptome-wide covariates and scrublet, and per seed
+trains ``cradle`` with the observed artifact state (QC flags) and with
+``artifact_state="latent"``. Reports, per seed:
+
+- the latent posterior against the flags: cells flagged, abducted as
+  artifacts (P(any cause) ≥ 0.5), flagged but abducted clean, unflagged but
+  abducted as artifacts, and cells per most probable cause;
+- transcriptome-wide mitochondrial share (obs ``pct_counts_mt_transcriptome``)
+  of each group: what the posterior calls damaged should be the
+  high-mitochondrial cells;
+- counterfactual cleaning, ``do(artifact=clean)``: the panel's mitochondrial
+  share (its MT- genes) of the factual and cleaned expectations, for the
+  high-mitochondrial flagged cells and for clean cells (which should not move);
+- held-out ATE r of the two models against the data (test split, posterior
+  means; the model's artifact handling changes what it learns of effects).
+
+No truth exists here; the simulator benchmark (``latent_artifacts.py``) is
+where the claims are checked. Writes benchmarks/results/papalexi_artifacts.json.
+
+    python benchmarks/papalexi_artifacts.py [--seeds 0,1,2] [--epochs 30] [--threads 1]
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import torch
+
+from cradle_pyro import ModelConfig, PerturbationData
+from inference import TrainConfig, artifact_posterior, counterfactual, fit, posterior_ate
+from inference.artifacts import artifact_summary
+from inference.scoring import held_out_conditions, score_ates, summarise_scores
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPALEXI = ROOT.parent / "shared" / "data" / "papalexi2021_thp1_eccite_lowmoi.h5ad"
+QC_COLUMNS = {"low_total_counts": "total_counts_transcriptome",
+              "low_n_genes": "n_genes_transcriptome",
+              "high_pct_mt": "pct_counts_mt_transcriptome"}
+
+
+def mt_share(x, mt):
+    x = np.asarray(x)
+    return x[:, mt].sum(1) / np.maximum(x.sum(1), 1e-8)
+
+
+def one_seed(adata, seed, epochs) -> dict:
+    data = PerturbationData.from_anndata(adata, "perturbation", "non-targeting", doublets=True,
+                                         seed=seed, qc_columns=QC_COLUMNS)
+    pct_mt = adata.obs.loc[data.obs_names, "pct_counts_mt_transcriptome"].to_numpy(float)
+    mt = np.array([g.startswith("MT-") for g in data.gene_names])
+    flags = data.qc_flags.max(1) > 0
+    high_mt = data.qc_flags[:, data.qc_flag_names.index("high_pct_mt")] > 0
+    perts = held_out_conditions(data, "test")
+    out = {"n_cells": data.n_cells, "flagged": int(flags.sum()), "high_mt_flagged": int(high_mt.sum()),
+           "models": {}}
+    means = {}
+    for state in ("observed", "latent"):
+        t0 = time.time()
+        run = fit(data, TrainConfig(epochs=epochs, seed=seed, progress=False),
+                  ModelConfig(artifact_state=state))
+        entry = {"fit_seconds": round(time.time() - t0, 1)}
+        cf = counterfactual(run.model, run.guide, data, artifact="clean", num_samples=2, seed=seed)
+        fa, cl = mt_share(cf.layers["factual_expected"], mt), mt_share(cf.layers["expected"], mt)
+        observed = mt_share(data.counts.toarray(), mt)
+        clean_cells = ~flags
+        entry["panel_mt_share"] = {
+            "high_mt_flagged": {"observed": float(observed[high_mt].mean()),
+                                "factual": float(fa[high_mt].mean()), "cleaned": float(cl[high_mt].mean())},
+            "unflagged": {"observed": float(observed[clean_cells].mean()),
+                          "factual": float(fa[clean_cells].mean()), "cleaned": float(cl[clean_cells].mean())},
+        }
+        if state == "latent":
+            post = artifact_posterior(run.model, run.guide, data)
+            entry["posterior"] = artifact_summary(post)
+            causes = [c for c in post.columns if c.startswith("p_") and c != "p_any"]
+            top = post[causes].to_numpy().argmax(1)
+            artifact = post["p_any"].to_numpy() >= 0.5
+            entry["cells_per_cause"] = {c[2:]: int(((top == j) & artifact).sum()) for j, c in enumerate(causes)}
+            entry["transcriptome_pct_mt"] = {
+                "abducted_damaged": float(pct_mt[(post["p_damaged"] >= 0.5).to_numpy()].mean()),
+                "flagged_but_clean": float(pct_mt[flags & ~artifact].mean()) if (flags & ~artifact).any() else None,
+                "unflagged_but_artifact": float(pct_mt[~flags & artifact].mean()) if (~flags & artifact).any() else None,
+                "abducted_clean": float(pct_mt[~artifact].mean()),
+            }
+        means[state] = posterior_ate(run.model, run.guide, data, perts, num_draws=30, n_cells=300,
+                                     seed=seed).mean
+        out["models"][state] = entry
+        print(seed, state, json.dumps(entry), flush=True)
+    summary = summarise_scores(score_ates(means, data, perts, split="test", n_splits=10, seed=seed))
+    out["held_out_ate"] = {k: {c: float(v) for c, v in row.items()} for k, row in
+                           summary[["pearson_all", "pearson_top"]].iterrows()}
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "papalexi_artifacts.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    adata = ad.read_h5ad(PAPALEXI)
+    results = {"data": PAPALEXI.name, "epochs": args.epochs, "per_seed": {}}
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        results["per_seed"][seed] = one_seed(adata, seed, args.epochs)
+        Path(args.out).write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

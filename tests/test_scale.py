@@ -1,0 +1,49 @@
+"""The large-screen simulator and the data layer's memory discipline (no timings asserted)."""
+
+import anndata as ad
+import numpy as np
+import scipy.sparse as sp
+
+import cradle_pyro.data as data_module
+from cradle_pyro import PerturbationData
+from cradle_pyro.simulate_large import simulate_large_screen
+
+
+def test_large_simulator_writes_a_sparse_screen_in_chunks(tmp_path):
+    path = simulate_large_screen(tmp_path / "big.h5ad", n_cells=3000, n_genes=400, n_singles=30,
+                                 n_combinations=10, chunk_size=700, n_twins=50, seed=1)
+    adata = ad.read_h5ad(path)
+    assert adata.shape == (3000, 400) and sp.issparse(adata.X)
+    assert 50 < adata.X.nnz / adata.n_obs < 400           # sparse, as a variable-gene panel
+    kinds = adata.obs["artifact_kind"].value_counts()
+    assert kinds["none"] == 3000 - 240 and kinds["damaged"] == 80
+    twins = adata.uns["clean_twins"]
+    assert len(twins["cells"]) == 50 and twins["counts"].shape == (50, 400)
+    cells = np.asarray(twins["cells"])
+    clean_rows = (adata.obs["artifact_kind"].to_numpy()[cells] == "none")
+    # a clean cell's twin is the cell itself
+    np.testing.assert_array_equal(twins["counts"][clean_rows].toarray(),
+                                  adata.X[cells[clean_rows]].toarray())
+    again = ad.read_h5ad(simulate_large_screen(tmp_path / "again.h5ad", n_cells=3000, n_genes=400,
+                                               n_singles=30, n_combinations=10, chunk_size=700,
+                                               n_twins=50, seed=1))
+    assert (again.X != adata.X).nnz == 0                  # same seed, same screen
+    data = PerturbationData.from_anndata(adata, doublets=False)
+    assert data.n_perturbations == 30
+
+
+def test_data_layer_shares_the_count_matrix_and_standardises_in_chunks(tmp_path, monkeypatch):
+    path = simulate_large_screen(tmp_path / "s.h5ad", n_cells=1200, n_genes=150, n_singles=8,
+                                 n_combinations=4, chunk_size=500, seed=2)
+    adata = ad.read_h5ad(path)
+    whole = PerturbationData.from_anndata(adata, doublets=False)
+    assert np.shares_memory(whole.counts.data, adata.X.data)   # no copy of the counts
+    assert whole.build_seconds and set(whole.build_seconds) >= {"qc", "references"}
+    monkeypatch.setattr(data_module, "CHUNK_CELLS", 97)
+    chunked = PerturbationData.from_anndata(adata, doublets=False)
+    np.testing.assert_allclose(chunked.gene_mean, whole.gene_mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(chunked.gene_std, whole.gene_std, rtol=1e-5, atol=1e-6)
+    # batches read the shared matrix correctly
+    batch = whole.batch(np.array([0, 5, 1199]))
+    np.testing.assert_array_equal(batch.counts.numpy(), adata.X[[0, 5, 1199]].toarray())
+    assert adata.X.data.flags.writeable and whole.counts.data.dtype == np.float32
