@@ -298,9 +298,11 @@ class CradleModel(PyroModule):
             logits = self.decoder(z)
             if target_effect is not None:
                 logits = logits + self.target_shift(dosage, target_effect)
-            mean = library.unsqueeze(-1) * torch.softmax(logits, -1)
-            pyro.sample("counts", count_distribution(self.config.likelihood, mean, self.dispersion,
-                                                     getattr(self, "gate_logits", None)), obs=counts)
+            # log expected counts: log library + log proportions (softmax of the logits)
+            log_mean = library.log().unsqueeze(-1) + torch.log_softmax(logits, -1)
+            pyro.sample("counts", count_distribution(self.config.likelihood, dispersion=self.dispersion,
+                                                     gate_logits=getattr(self, "gate_logits", None),
+                                                     log_mean=log_mean), obs=counts)
         return z
 
 

@@ -63,6 +63,7 @@ _PANEL_METRIC = {
     "high_pct_hb": ("pct_counts_hb", "high", False),
 }
 
+QC_CHUNK_CELLS = 10_000  # cells per chunk of QC metrics
 MAD_SCALE = 1.4826  # makes the MAD a consistent estimate of the normal standard deviation
 
 GENE_GROUPS = {
@@ -220,11 +221,17 @@ def qc_metrics(adata: ad.AnnData, layer: str | None = None) -> pd.DataFrame:
     var = pd.DataFrame(index=adata.var_names.astype(str))
     for group, pattern in GENE_GROUPS.items():
         var[group] = np.asarray(symbols.str.contains(pattern, regex=True), dtype=bool)
-    tmp = ad.AnnData(X=X, var=var, obs=pd.DataFrame(index=adata.obs_names.astype(str)))
-    obs_metrics, _ = sc.pp.calculate_qc_metrics(
-        tmp, qc_vars=list(GENE_GROUPS), percent_top=None, log1p=True, inplace=False
-    )
-    return obs_metrics
+    names = adata.obs_names.astype(str)
+    parts = []
+    # per-cell metrics, so computed in chunks of cells: memory bounded by the chunk
+    for start in range(0, X.shape[0], QC_CHUNK_CELLS):
+        stop = min(start + QC_CHUNK_CELLS, X.shape[0])
+        tmp = ad.AnnData(X=X[start:stop], var=var, obs=pd.DataFrame(index=names[start:stop]))
+        obs_metrics, _ = sc.pp.calculate_qc_metrics(
+            tmp, qc_vars=list(GENE_GROUPS), percent_top=None, log1p=True, inplace=False
+        )
+        parts.append(obs_metrics)
+    return pd.concat(parts) if len(parts) > 1 else parts[0]
 
 
 def gene_symbols(adata: ad.AnnData) -> np.ndarray:

@@ -69,6 +69,9 @@ def check_fields(values: dict, rules: dict, owner: str):
             check_value(name, values[name], kind, low, high, owner, **(extra[0] if extra else {}))
 
 
+CHUNK_VALUES = 10_000_000  # stored values per slice of whole-matrix checks
+
+
 def check_counts(X, non_integer_counts: str) -> bool:
     """Raise on NaN, negative or (unless rounding) non-integer counts; True if rounding is due."""
     mat = sp.csr_matrix(in_memory(X))
@@ -81,18 +84,25 @@ def check_counts(X, non_integer_counts: str) -> bool:
         m.eliminate_zeros()
         return int((m.getnnz(axis=1) > 0).sum())
 
-    if not np.isfinite(mat.data).all():
+    def any_entry(test):
+        # in slices of the stored values: temporaries bounded by the slice
+        return any(test(mat.data[i:i + CHUNK_VALUES]).any()
+                   for i in range(0, len(mat.data), CHUNK_VALUES))
+
+    if any_entry(lambda v: ~np.isfinite(v)):
         bad = ~np.isfinite(mat.data)
         kind = "NaN" if np.isnan(mat.data).any() else "infinite values"
         raise CradleInputError(
             f"counts hold {kind} in {n_cells_with(bad)} cells; "
             "remove those cells or fill the values"
         )
-    if (mat.data < 0).any():
+    if any_entry(lambda v: v < 0):
         raise CradleInputError(
             f"counts hold negative values in {n_cells_with(mat.data < 0)} cells; "
             "pass raw UMI counts (X or a layer), not normalised or scaled values"
         )
+    if not any_entry(lambda v: v != np.round(v)):
+        return False
     frac = mat.data != np.round(mat.data)
     if frac.any():
         n = n_cells_with(frac)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -367,6 +368,7 @@ def _fit(
     epoch, halvings = start, 0
     while epoch < tc.epochs:
         snapshot = _snapshot(model, guide, optimizer)
+        started = time.perf_counter()
         try:
             totals = _train_epoch(objective, model, guide, optimizer, data, tc, epoch, device,
                                   rank, world, n_train)
@@ -390,7 +392,8 @@ def _fit(
                           f"learning rate to {optimizer.param_groups[0]['lr']:.3g}", RuntimeWarning)
             continue
         best_train = min(best_train, mean_loss)
-        row = {"epoch": epoch, **{k: v / n_train for k, v in totals.items()}}
+        row = {"epoch": epoch, **{k: v / n_train for k, v in totals.items()},
+               "train_seconds": round(time.perf_counter() - started, 3)}
         model.eval()
         guide.eval()
         val = evaluate_loss(val_objective, model, guide, data, "val" if has_val else "train",

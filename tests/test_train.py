@@ -88,6 +88,7 @@ def test_data_parallel_training_under_torchrun(small_screen, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "rank 0 of 2" in out.stdout
+    assert "parameters identical on all ranks" in out.stdout  # checked by digest on every rank
     history = (tmp_path / "run" / "history.csv").read_text().splitlines()
     assert len(history) == 3  # header + 2 epochs
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["latent_dim"] == 4
@@ -99,3 +100,17 @@ def test_shards_partition_the_cells_equally(data):
     b = np.concatenate([b.cell_index.numpy() for b in data.batches("train", 50, seed=1, shard=(1, 2))])
     assert len(a) == len(b) and not set(a) & set(b)
     assert len(a) + len(b) >= len(data.indices("train")) - 1
+
+
+def test_parameter_digest_tells_parameter_sets_apart():
+    from cradle_pyro.model import CradleModel
+    from inference.distributed import parameter_digest
+
+    torch.manual_seed(0)
+    a = CradleModel(10, 2, 1)
+    torch.manual_seed(0)
+    b = CradleModel(10, 2, 1)
+    assert parameter_digest(a) == parameter_digest(b)
+    with torch.no_grad():
+        b.log_dispersion[3] += 1e-6
+    assert parameter_digest(a) != parameter_digest(b)
