@@ -37,7 +37,7 @@ from .references import ReferenceProfiles, build_reference_profiles
 from .splits import make_split, targets_of
 
 
-CHUNK_CELLS = 50_000  # cells per chunk of whole-data passes (standardisation)
+CHUNK_CELLS = 20_000  # cells per chunk of whole-data passes (standardisation)
 
 
 class Reference(NamedTuple):

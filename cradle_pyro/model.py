@@ -249,22 +249,25 @@ class CradleModel(PyroModule):
                 rate = pyro.sample("mask_rate", dist.Beta(a, b).expand([d]).to_event(1))
             else:
                 rate = torch.full((d,), cfg.mask_prob, device=self.dosage_freq.device)
+            # priors are built outside their plates: a prior may sample its own
+            # hyper-parameters (one per particle, not one per perturbation)
+            effect_prior = self._prior("effect", cfg.effect_prior, (P, d), self.effect_prior_scale)
+            target_prior = (self._prior("target_effect", "normal", (P,), cfg.target_effect_scale)
+                            if self.use_target_effects else None)
             with pyro.plate("perturbations", P, dim=-1):
-                effect = pyro.sample(
-                    "effect", self._prior("effect", cfg.effect_prior, (P, d), self.effect_prior_scale)
-                    .to_event(1))
+                effect = pyro.sample("effect", effect_prior.to_event(1))
                 if cfg.use_mask:
                     # rate is (d,) or, under a particle plate, (..., 1, d)
                     probs = rate.expand(*rate.shape[:-2], P, d) if rate.dim() > 1 else rate.expand(P, d)
                     mask = pyro.sample("mask", bernoulli_pmf(probs).to_event(1))
                 if self.use_target_effects:
-                    target_effect = pyro.sample("target_effect", self._prior(
-                        "target_effect", "normal", (P,), cfg.target_effect_scale))
+                    target_effect = pyro.sample("target_effect", target_prior)
         if cfg.use_artifact_latents or cfg.latent_artifacts:
+            artifact_prior = (self._prior("artifact_effect", "normal", (A, d))
+                              if cfg.use_artifact_latents else None)
             with pyro.plate("artifact_kinds", A, dim=-1):
                 if cfg.use_artifact_latents:
-                    artifact_effect = pyro.sample(
-                        "artifact_effect", self._prior("artifact_effect", "normal", (A, d)).to_event(1))
+                    artifact_effect = pyro.sample("artifact_effect", artifact_prior.to_event(1))
                 if cfg.latent_artifacts and self.artifact_evidence.n_flags:
                     sensitivity = self.artifact_evidence.sample_sensitivity()
         if cfg.latent_artifacts:

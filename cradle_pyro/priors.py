@@ -8,7 +8,13 @@ A prior spec is one of:
   saved with the run like every other parameter);
 - a Pyro distribution with scalar (or broadcastable) batch shape, expanded to
   the site's shape;
-- a callable ``shape -> distribution`` whose batch shape is ``shape``.
+- a callable ``shape -> distribution`` whose batch shape ends in ``shape``;
+  it may sample hyper-parameters itself (:func:`sampled_scale`: a
+  hierarchical prior whose scale is a sample site). It is called outside the
+  site's plate, so a hyper-parameter is one value per particle; the guide
+  must then sample that site too (the objective checks on its first step and
+  names it), e.g. ``CombinedGuide(CorrelatedGuide(model),
+  AutoNormal(poutine.block(model, expose=["effect_scale_hyper"])))``.
 
 Example
 -------
@@ -21,6 +27,7 @@ torch.Size([3, 2])
 
 from __future__ import annotations
 
+import pyro
 import pyro.distributions as dist
 import torch
 
@@ -58,8 +65,39 @@ def prior_distribution(spec, shape, scale=1.0, device=None):
         return spec.expand(shape)
     if callable(spec):
         d = spec(tuple(shape))
-        if tuple(d.batch_shape) != tuple(shape):
+        # leading dims are allowed: a sampled hyper-parameter carries the particle dim
+        if tuple(d.batch_shape)[len(d.batch_shape) - len(shape):] != tuple(shape):
             raise CradleInputError(
-                f"prior factory returned batch shape {tuple(d.batch_shape)}, expected {tuple(shape)}")
+                f"prior factory returned batch shape {tuple(d.batch_shape)}, expected one "
+                f"ending in {tuple(shape)}")
         return d
     raise CradleInputError(f"a prior must be a name, a distribution or a callable, got {spec!r}")
+
+
+def sampled_scale(name: str = "effect_scale_hyper", hyper_prior=None, family: str = "normal"):
+    """A hierarchical prior factory: ``scale ~ hyper_prior`` (a sample site), then
+    ``family(0, scale)`` for every element of the site.
+
+    The scale is one draw per particle, shared by all perturbations and latent
+    dimensions: the model learns how large effects are from the data, with
+    uncertainty. Give the guide a factor for ``name``.
+
+    Example
+    -------
+    >>> from pyro import poutine
+    >>> prior = sampled_scale("tau", dist.HalfNormal(1.0))
+    >>> tr = poutine.trace(lambda: prior((3, 2))).get_trace()
+    >>> tuple(tr.nodes["_RETURN"]["value"].batch_shape), "tau" in tr.nodes
+    ((3, 2), True)
+    """
+    hyper_prior = hyper_prior if hyper_prior is not None else dist.HalfNormal(1.0)
+    if family not in _NAMED:
+        raise CradleInputError(f"family={family!r}; choose one of {sorted(_NAMED)}")
+
+    def factory(shape):
+        scale = pyro.sample(name, hyper_prior)   # () or, under vectorised particles, (S, 1)
+        scale = scale.reshape(scale.shape + (1,) * (len(shape) - 1))
+        d = _NAMED[family](torch.zeros_like(scale), scale)
+        return d.expand(torch.broadcast_shapes(scale.shape, tuple(shape)))
+
+    return factory

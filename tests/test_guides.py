@@ -1,3 +1,4 @@
+import numpy as np
 import pyro
 import torch
 from pyro import poutine
@@ -98,3 +99,38 @@ def test_alignment_without_a_basal_posterior_is_refused(small_screen):
     # with the weight at 0 the same guide trains
     loss = CradleELBO(num_particles=1, beta=0.0).for_data(data)(model, opaque_guide, **batch.model_kwargs())
     assert torch.isfinite(loss)
+
+
+def test_a_prior_that_samples_its_scale_trains_with_particles_and_a_composed_guide():
+    """Hierarchical prior: effect ~ Normal(0, tau), tau ~ HalfNormal(1), tau a sample site."""
+    import pyro.distributions as dist
+    from pyro import poutine
+    from pyro.infer.autoguide import AutoNormal
+
+    from cradle_pyro import PerturbationData, simulate_screen
+    from cradle_pyro.config import ModelConfig
+    from cradle_pyro.guides import CombinedGuide, CorrelatedGuide
+    from cradle_pyro.model import CradleModel
+    from cradle_pyro.priors import sampled_scale
+    from inference import TrainConfig, fit
+    from inference.objective import CradleELBO
+
+    data = PerturbationData.from_anndata(simulate_screen(400, 60, seed=0), doublets=False)
+    cfg = ModelConfig(latent_dim=4, hidden_dim=16,
+                      priors={"effect": sampled_scale("tau", dist.HalfNormal(1.0))})
+    model = CradleModel.from_data(data, cfg)
+    # the default guide has no factor for tau: refused on the first step, naming it
+    with pytest.raises(ValueError, match="tau"):
+        fit(data, TrainConfig(epochs=1, num_particles=5, progress=False), cfg)
+    guide = CombinedGuide(CorrelatedGuide(model, data.gene_mean, data.gene_std),
+                          AutoNormal(poutine.block(model, expose=["tau"])))
+    objective = CradleELBO(num_particles=5).for_data(data)
+    batch = next(data.batches("train", 64, seed=0))
+    model_trace, guide_trace = objective.traces(model, guide, **batch.model_kwargs())
+    assert model_trace.nodes["tau"]["value"].shape == (5, 1)          # one tau per particle
+    assert model_trace.nodes["effect"]["value"].shape[:2] == (5, data.n_perturbations)
+    run = fit(data, TrainConfig(epochs=3, num_particles=5, progress=False), cfg,
+              model=model, guide=guide)
+    assert np.isfinite(run.history["loss"]).all()
+    tau = [p for name, p in run.guide.parts[1].named_parameters() if "tau" in name]
+    assert tau and all(torch.isfinite(p).all() for p in tau)
