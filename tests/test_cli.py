@@ -158,6 +158,11 @@ def test_latent_artifact_state_from_the_command_line(screen, run_dir, tmp_path, 
     assert main(["counterfactual", str(out), str(screen), "--do", "artifact=clean", "--out",
                  str(tmp_path / "cf.h5ad")]) == 0
     assert "artifact_p_damaged" in ad.read_h5ad(tmp_path / "cf.h5ad").obs
+    assert main(["evaluate", str(out), "--out", str(tmp_path / "report"), "--n-cells", "30",
+                 "--num-draws", "3"]) == 0
+    assert (tmp_path / "report" / "figures" / "artifacts_cradle.png").stat().st_size > 0
+    assert "abducted as artifacts" in (tmp_path / "report" / "report.md").read_text()
+    capsys.readouterr()
     # a run that observes its artifact state has no posterior to report: one line, exit 2
     assert main(["artifacts", str(run_dir), "--out", str(tmp_path / "x.csv")]) == 2
     err = capsys.readouterr().err
