@@ -337,6 +337,15 @@ class PerturbationData:
         self.qc_covariate_scale = np.asarray(scale, dtype=float)
         self._device_cache.clear()
 
+    def gene_totals(self, split: str | None = "train") -> np.ndarray:
+        """Counts of each gene summed over a split's cells (in chunks of cells, no copy of the split)."""
+        idx = self.indices(split)
+        total = np.zeros(self.n_genes)
+        for start in range(0, len(idx), CHUNK_CELLS):
+            block = self.counts[idx[start:start + CHUNK_CELLS]]
+            total += np.bincount(block.indices, weights=block.data, minlength=self.n_genes)
+        return total
+
     def _log_standardisation(self):
         """Gene mean and std of log1p(1e4·x/library) on training cells; std 0 → 1."""
         train = np.flatnonzero(self.split == "train")

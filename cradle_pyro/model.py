@@ -151,7 +151,7 @@ class CradleModel(PyroModule):
         if model.config.latent_artifacts:
             model.artifact_evidence.initialise(data.qc_covariates[train][:, :model.artifact_evidence
                                                .n_covariates], data.qc_flags[train])
-        props = np.asarray((data.counts[train].sum(0))).ravel() / data.library[train].sum()
+        props = data.gene_totals("train") / data.library[train].sum()
         with torch.no_grad():
             model.decoder.net[-1].bias.copy_(torch.as_tensor(np.log(props + 1e-7), dtype=torch.float32))
         return model
