@@ -17,6 +17,7 @@ Peak memory is the process's resident set size, sampled every 20 ms. Writes
 benchmarks/results/scale.json with the machine it ran on.
 
     python benchmarks/scale.py [--sizes 10000,100000,1000000] [--threads 2] [--cache /tmp/cradle_scale]
+    python benchmarks/scale.py --on-disk --out benchmarks/results/scale_on_disk.json   # counts stay in the file
 """
 
 import argparse
@@ -61,7 +62,7 @@ class PeakRSS:
         self.peak = max(self.peak, self.current())
 
 
-def one_size(n_cells, cache, threads, epoch_batch) -> dict:
+def one_size(n_cells, cache, threads, epoch_batch, on_disk=False) -> dict:
     import anndata as ad
     import torch
 
@@ -72,7 +73,7 @@ def one_size(n_cells, cache, threads, epoch_batch) -> dict:
     torch.set_num_threads(threads)
     gib = 1024 ** 3
     path = Path(cache) / f"screen_{n_cells}.h5ad"
-    out = {"n_cells": n_cells, "n_genes": 2000}
+    out = {"n_cells": n_cells, "n_genes": 2000, "counts_on_disk": on_disk}
     if not path.exists():
         t0 = time.time()
         with PeakRSS() as m:
@@ -81,15 +82,19 @@ def one_size(n_cells, cache, threads, epoch_batch) -> dict:
                            "file_gib": round(path.stat().st_size / gib, 2)}
     t0 = time.time()
     with PeakRSS() as m:
-        adata = ad.read_h5ad(path)
+        adata = ad.read_h5ad(path, backed="r" if on_disk else None)
     X = adata.X
-    csr = X.data.nbytes + X.indices.nbytes + X.indptr.nbytes
-    out["matrix"] = {"nnz": int(X.nnz), "nnz_per_cell": round(X.nnz / n_cells, 1),
+    if on_disk:  # what the matrix would take in memory
+        csr = X.group["data"].size * 4 + X.group["indices"].size * 4 + X.group["indptr"].size * 8
+    else:
+        csr = X.data.nbytes + X.indices.nbytes + X.indptr.nbytes
+    nnz = int(X.group["data"].size) if on_disk else int(X.nnz)
+    out["matrix"] = {"nnz": nnz, "nnz_per_cell": round(nnz / n_cells, 1),
                      "csr_gib": round(csr / gib, 3)}
     out["read"] = {"seconds": round(time.time() - t0, 1), "peak_rss_gib": round(m.peak / gib, 2)}
     t0 = time.time()
     with PeakRSS() as m:
-        data = PerturbationData.from_anndata(adata, doublets=False, seed=0)
+        data = PerturbationData.from_anndata(adata, doublets=False, seed=0, counts_on_disk=on_disk)
     out["data"] = {"seconds": round(time.time() - t0, 1), "stages": data.build_seconds,
                    "peak_rss_gib": round(m.peak / gib, 2),
                    "peak_above_loaded_matrix_gib": round((m.peak - m.start) / gib, 3),
@@ -114,11 +119,13 @@ def main():
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--cache", default="/tmp/cradle_scale")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
+    ap.add_argument("--on-disk", action="store_true",
+                    help="read the file backed and keep the counts on disk (counts_on_disk=True)")
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     Path(args.cache).mkdir(parents=True, exist_ok=True)
     if args.one is not None:  # child process: one size, JSON on stdout
-        print(json.dumps(one_size(args.one, args.cache, args.threads, args.batch_size)))
+        print(json.dumps(one_size(args.one, args.cache, args.threads, args.batch_size, args.on_disk)))
         return
     import torch
 
@@ -129,7 +136,8 @@ def main():
                "sizes": []}
     for n in [int(s) for s in args.sizes.split(",")]:
         proc = subprocess.run([sys.executable, __file__, "--one", str(n), "--threads", str(args.threads),
-                               "--batch-size", str(args.batch_size), "--cache", args.cache],
+                               "--batch-size", str(args.batch_size), "--cache", args.cache]
+                              + (["--on-disk"] if args.on_disk else []),
                               capture_output=True, text=True)
         if proc.returncode != 0:
             results["sizes"].append({"n_cells": n, "error": proc.stderr.strip().splitlines()[-1]})

@@ -20,6 +20,7 @@ from .config import ModelConfig
 from .guides import BasalGuide, CombinedGuide, CorrelatedGuide, MaskGuide, MeanFieldGuide, make_guide
 from .model import CradleModel
 from .simulate import simulate_screen
+from .simulate_large import simulate_large_screen
 from .splits import make_split
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "label_artifacts",
     "make_split",
     "qc_metrics",
+    "simulate_large_screen",
     "simulate_screen",
 ]
 __version__ = "0.1.0"

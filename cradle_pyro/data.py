@@ -28,6 +28,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from .disk_counts import DiskCounts, block_groups
 from .errors import CradleInputError
 from .labels import normalise_labels
 from .validation import check_counts, check_shape_and_names, in_memory
@@ -79,6 +80,19 @@ class Batch:
         return self.counts.shape[0]
 
 
+def _on_disk_counts(adata, keep, layer):
+    X = adata.X if layer is None else adata.layers[layer]
+    if not hasattr(X, "to_memory"):
+        raise CradleInputError("counts_on_disk=True needs a backed AnnData: "
+                               "anndata.read_h5ad(path, backed='r')")
+    if not keep.all():
+        raise CradleInputError(
+            f"counts_on_disk=True reads the file's rows as they are, but {int((~keep).sum())} "
+            "cells would be dropped (drop_labels); write the kept cells to their own file, or "
+            "pass drop_labels=()")
+    return X
+
+
 class _DeviceCSR:
     """CSR arrays as torch tensors; densifies a set of rows with torch ops only."""
 
@@ -119,6 +133,17 @@ class _StageClock:
         now = self._now()
         self.seconds[name] = round(now - self._last, 3)
         self._last = now
+
+
+class _DiskRows:
+    """Rows of :class:`DiskCounts` as dense tensors on ``device`` (read per call)."""
+
+    def __init__(self, counts: DiskCounts, device):
+        self.counts, self.device = counts, device
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        block = self.counts[idx.cpu().numpy()]
+        return torch.as_tensor(block.toarray(), dtype=torch.float32, device=self.device)
 
 
 def _validate_anndata(adata, perturbation_key, control_label, layer):
@@ -205,6 +230,7 @@ class PerturbationData:
         non_integer_counts: str = "error",
         reference_cells: int = 50,
         reference_artifact_cells_only: bool = False,
+        counts_on_disk: bool = False,
         seed: int = 0,
     ) -> "PerturbationData":
         """Build from AnnData; ``adata`` itself is never modified.
@@ -231,6 +257,12 @@ class PerturbationData:
             ``"error"`` or ``"round"``.
         reference_cells, reference_artifact_cells_only
             Peers per reference profile; give references to artifact cells only.
+        counts_on_disk
+            With a backed AnnData (``read_h5ad(path, backed="r")``): keep the
+            counts in the file and read them in chunks and batch groups
+            (:mod:`cradle_pyro.disk_counts`); memory is bounded by the chunk
+            and the batch group, not by the data set. scrublet needs the
+            matrix in memory and is skipped.
         seed
             Seeds the split, scrublet and the choice of reference peers.
         """
@@ -241,13 +273,25 @@ class PerturbationData:
         if not keep.any():
             raise CradleInputError(f"dropping {list(drop_labels)} leaves no cell")
         view = adata[keep] if not keep.all() else adata
-        X = in_memory(view.X if layer is None else view.layers[layer])
-        rounded = check_counts(X, non_integer_counts)
-        # the user's matrix is shared, never written to: copied only to convert or round
-        counts = sp.csr_matrix(X, dtype=np.float32, copy=rounded)
-        if rounded:
-            counts.data = np.round(counts.data)
-            counts.eliminate_zeros()
+        if counts_on_disk:
+            X = _on_disk_counts(adata, keep, layer)
+            if check_counts(X, "error"):
+                raise CradleInputError("counts_on_disk cannot round counts; load them in memory")
+            counts = DiskCounts(X)
+            if doublets:
+                import warnings
+
+                warnings.warn("scrublet needs the count matrix in memory: doublets are not "
+                              "predicted with counts_on_disk=True", UserWarning, stacklevel=2)
+                doublets = False
+        else:
+            X = in_memory(view.X if layer is None else view.layers[layer])
+            rounded = check_counts(X, non_integer_counts)
+            # the user's matrix is shared, never written to: copied only to convert or round
+            counts = sp.csr_matrix(X, dtype=np.float32, copy=rounded)
+            if rounded:
+                counts.data = np.round(counts.data)
+                counts.eliminate_zeros()
         clock.stop("counts")
         library = np.asarray(counts.sum(1)).ravel().astype(np.float32)
         if (library <= 0).any():
@@ -277,7 +321,8 @@ class PerturbationData:
 
         clock.stop("labels_and_split")
         qc_thresholds, qc_table = None, None
-        qc_view = ad.AnnData(X=counts, obs=view.obs.copy(), var=pd.DataFrame(index=view.var_names))
+        qc_view = ad.AnnData(X=counts if not counts_on_disk else X, obs=view.obs.copy(),
+                             var=pd.DataFrame(index=view.var_names))
         if artifact is None:
             qc_thresholds, qc_table = label_artifacts(
                 qc_view, k=qc_k, columns=qc_columns, doublets=doublets,
@@ -458,7 +503,7 @@ class PerturbationData:
             t = lambda a, dt=torch.float32: torch.as_tensor(np.asarray(a), dtype=dt, device=device)
             ref = self.references
             self._device_cache[key] = dict(
-                counts=_DeviceCSR(self.counts, device),
+                counts=_DeviceCSR(self.counts, device) if not self.on_disk else _DiskRows(self.counts, device),
                 dosage=t(self.dosage), artifact=t(self.artifact), library=t(self.library),
                 cell_group=t(ref.cell_group, torch.int64),
                 profiles=t(ref.profiles),
@@ -471,8 +516,8 @@ class PerturbationData:
             )
         return self._device_cache[key]
 
-    def batch(self, index, device="cpu", num_cells: int | None = None) -> Batch:
-        """The cells at positions ``index`` as one dense :class:`Batch`."""
+    def batch(self, index, device="cpu", num_cells: int | None = None, counts=None) -> Batch:
+        """The cells at positions ``index`` as one dense :class:`Batch` (``counts``: their rows, if read)."""
         on = self._on(device)
         idx = torch.as_tensor(np.asarray(index), dtype=torch.int64, device=device)
         groups = on["cell_group"][idx]
@@ -482,7 +527,7 @@ class PerturbationData:
         reference = Reference(cell_group, on["profiles"][present], on["ref_dosage"][present],
                               on["ref_artifact"][present])
         return Batch(
-            counts=on["counts"].rows(idx), dosage=on["dosage"][idx],
+            counts=counts if counts is not None else on["counts"].rows(idx), dosage=on["dosage"][idx],
             artifact=on["artifact"][idx], library=on["library"][idx], cell_index=idx,
             num_cells=num_cells or len(idx), reference=reference, qc=on["qc"][idx],
             flags=on["flags"][idx],
@@ -516,6 +561,25 @@ class PerturbationData:
         if world > 1:
             # equal shards, so every rank takes the same number of steps
             idx = idx[:len(idx) // world * world][rank::world]
+        if self.on_disk:  # read a group of random blocks at once, shuffle within it
+            yield from self._disk_batches(idx, batch_size, shuffle, seed, device, n_split, drop_last)
+            return
         stop = len(idx) - (len(idx) % batch_size if drop_last and len(idx) > batch_size else 0)
         for start in range(0, stop, batch_size):
             yield self.batch(idx[start:start + batch_size], device=device, num_cells=n_split)
+
+    @property
+    def on_disk(self) -> bool:
+        """Whether the counts stay in their file (``counts_on_disk=True``)."""
+        return isinstance(self.counts, DiskCounts)
+
+    def _disk_batches(self, idx, batch_size, shuffle, seed, device, n_split, drop_last):
+        rng = np.random.default_rng(None if seed is None else seed + 1)
+        for group in block_groups(np.sort(idx), shuffle, seed):
+            rows = _DeviceCSR(self.counts[group], device)
+            order = rng.permutation(len(group)) if shuffle else np.arange(len(group))
+            stop = len(order) - (len(order) % batch_size if drop_last and len(order) > batch_size else 0)
+            for start in range(0, stop, batch_size):
+                local = torch.as_tensor(order[start:start + batch_size], device=device)
+                yield self.batch(group[order[start:start + batch_size]], device=device,
+                                 num_cells=n_split, counts=rows.rows(local))

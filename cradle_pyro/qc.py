@@ -195,15 +195,15 @@ class QCThresholds:
         return pd.DataFrame(rows).set_index("criterion")
 
 
-def _counts_matrix(adata: ad.AnnData, layer: str | None):
-    if layer is None:
-        return in_memory(adata.X)
-    if layer not in adata.layers:
+def _counts_matrix(adata: ad.AnnData, layer: str | None, load: bool = True):
+    """The counts of ``adata``; ``load=False`` leaves an on-disk dataset on disk (row-sliceable)."""
+    if layer is not None and layer not in adata.layers:
         raise CradleInputError(
             f"layer {layer!r} not found; available layers: {sorted(adata.layers)} "
             "(pass layer=None to use X)"
         )
-    return in_memory(adata.layers[layer])
+    X = adata.X if layer is None else adata.layers[layer]
+    return in_memory(X) if load or not hasattr(X, "to_memory") else X
 
 
 def qc_metrics(adata: ad.AnnData, layer: str | None = None) -> pd.DataFrame:
@@ -215,8 +215,8 @@ def qc_metrics(adata: ad.AnnData, layer: str | None = None) -> pd.DataFrame:
     """
     import scanpy as sc
 
-    X = _counts_matrix(adata, layer)
-    X = sp.csr_matrix(X) if not sp.issparse(X) else X
+    X = _counts_matrix(adata, layer, load=False)  # on-disk datasets are read chunk by chunk
+    X = sp.csr_matrix(X) if not (sp.issparse(X) or hasattr(X, "to_memory")) else X
     symbols = pd.Index(gene_symbols(adata))
     var = pd.DataFrame(index=adata.var_names.astype(str))
     for group, pattern in GENE_GROUPS.items():
@@ -226,7 +226,8 @@ def qc_metrics(adata: ad.AnnData, layer: str | None = None) -> pd.DataFrame:
     # per-cell metrics, so computed in chunks of cells: memory bounded by the chunk
     for start in range(0, X.shape[0], QC_CHUNK_CELLS):
         stop = min(start + QC_CHUNK_CELLS, X.shape[0])
-        tmp = ad.AnnData(X=X[start:stop], var=var, obs=pd.DataFrame(index=names[start:stop]))
+        tmp = ad.AnnData(X=sp.csr_matrix(X[start:stop]), var=var,
+                         obs=pd.DataFrame(index=names[start:stop]))
         obs_metrics, _ = sc.pp.calculate_qc_metrics(
             tmp, qc_vars=list(GENE_GROUPS), percent_top=None, log1p=True, inplace=False
         )
@@ -476,7 +477,7 @@ def label_artifacts(
     True
     """
     check_shape_and_names(adata)
-    check_counts(_counts_matrix(adata, layer), "error")
+    check_counts(_counts_matrix(adata, layer, load=False), "error")
     thresholds, metrics = learn_thresholds(adata, k, columns, doublets, artifact_kinds, layer, seed)
     labels = thresholds.judge(_with_obs(adata, metrics), layer=layer)
     table = metrics.join(labels)

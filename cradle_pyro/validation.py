@@ -70,10 +70,19 @@ def check_fields(values: dict, rules: dict, owner: str):
 
 
 CHUNK_VALUES = 10_000_000  # stored values per slice of whole-matrix checks
+CHUNK_ROWS = 50_000        # cells per chunk of an on-disk matrix
 
 
 def check_counts(X, non_integer_counts: str) -> bool:
-    """Raise on NaN, negative or (unless rounding) non-integer counts; True if rounding is due."""
+    """Raise on NaN, negative or (unless rounding) non-integer counts; True if rounding is due.
+
+    An on-disk dataset (backed ``.h5ad``) is checked chunk by chunk of cells.
+    """
+    if hasattr(X, "to_memory") and len(X.shape) == 2:
+        rounded = False
+        for start in range(0, X.shape[0], CHUNK_ROWS):
+            rounded |= check_counts(sp.csr_matrix(X[start:start + CHUNK_ROWS]), non_integer_counts)
+        return rounded
     mat = sp.csr_matrix(in_memory(X))
     if not np.issubdtype(mat.dtype, np.number):
         raise CradleInputError(f"counts have dtype {mat.dtype}; pass numeric raw UMI counts")

@@ -47,3 +47,32 @@ def test_data_layer_shares_the_count_matrix_and_standardises_in_chunks(tmp_path,
     batch = whole.batch(np.array([0, 5, 1199]))
     np.testing.assert_array_equal(batch.counts.numpy(), adata.X[[0, 5, 1199]].toarray())
     assert adata.X.data.flags.writeable and whole.counts.data.dtype == np.float32
+
+
+def test_counts_on_disk_give_the_same_data_and_train(tmp_path):
+    import torch
+
+    from inference import TrainConfig, fit
+
+    path = simulate_large_screen(tmp_path / "d.h5ad", n_cells=3000, n_genes=120, n_singles=6,
+                                 n_combinations=3, chunk_size=1000, seed=4)
+    memory = PerturbationData.from_anndata(ad.read_h5ad(path), doublets=False)
+    backed = ad.read_h5ad(path, backed="r")
+    disk = PerturbationData.from_anndata(backed, doublets=False, counts_on_disk=True)
+    assert disk.on_disk and not memory.on_disk
+    np.testing.assert_allclose(disk.library, memory.library)
+    np.testing.assert_allclose(disk.gene_mean, memory.gene_mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(disk.artifact, memory.artifact)
+    np.testing.assert_allclose(disk.references.profiles, memory.references.profiles)
+    np.testing.assert_allclose(disk.qc_covariates, memory.qc_covariates, rtol=1e-5, atol=1e-5)
+    # every training cell once per epoch, rows as in the file
+    seen = []
+    for batch in disk.batches("train", 256, seed=0):
+        rows = batch.cell_index.numpy()
+        np.testing.assert_array_equal(batch.counts.numpy(), memory.counts[rows].toarray())
+        seen.append(rows)
+    seen = np.concatenate(seen)
+    assert sorted(seen) == sorted(disk.indices("train")) and not np.array_equal(seen, np.sort(seen))
+    run = fit(disk, TrainConfig(epochs=2, batch_size=256, progress=False, seed=0))
+    assert np.isfinite(run.history["loss"]).all()
+    assert all(torch.isfinite(p).all() for p in run.model.parameters())
