@@ -125,6 +125,8 @@ TRAIN_OPTIONS = {
     "no_doublets": ("data", bool, False, "skip scrublet doublet detection"),
     "per_criterion": ("data", bool, False, "one artifact kind per QC criterion instead of one"),
     "round_counts": ("data", bool, False, "round non-integer counts instead of failing"),
+    "counts_on_disk": ("data", bool, False, "keep the counts in the .h5ad file (read in chunks "
+                       "and batch groups; memory bounded by the batch group; no scrublet)"),
 }
 
 
@@ -144,7 +146,7 @@ def _data_args(opts: dict, perturbation_key, control) -> dict:
                 qc_columns=opts.get("qc_columns") or None, doublets=not opts["no_doublets"],
                 artifact_kinds="per-criterion" if opts["per_criterion"] else "any",
                 split=opts["split"], non_integer_counts="round" if opts["round_counts"] else "error",
-                seed=opts["seed"])
+                counts_on_disk=opts["counts_on_disk"], seed=opts["seed"])
 
 
 def resolve_train_options(args) -> dict:

@@ -75,15 +75,18 @@ def _write_text(path: Path, text: str):
     os.replace(tmp, path)
 
 
-def read_anndata(path) -> ad.AnnData:
-    """``anndata.read_h5ad`` with one clear error for a missing, foreign or truncated file."""
+def read_anndata(path, backed: bool = False) -> ad.AnnData:
+    """``anndata.read_h5ad`` with one clear error for a missing, foreign or truncated file.
+
+    ``backed=True`` leaves the matrices in the file (``backed="r"``).
+    """
     path = Path(path)
     if not path.exists():
         raise CradleInputError(f"AnnData file {str(path)!r} not found")
     if path.is_dir():
         raise CradleInputError(f"{str(path)!r} is a folder; give an .h5ad file")
     try:
-        return ad.read_h5ad(path)
+        return ad.read_h5ad(path, backed="r" if backed else None)
     except Exception as err:  # h5py / anndata raise many kinds for foreign or cut files
         reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
         raise CradleInputError(f"cannot read {str(path)!r} as AnnData (.h5ad): {reason}; "
@@ -100,21 +103,48 @@ def data_fingerprint(adata: ad.AnnData, obs_names=None, perturbation_key=None, l
 
     ``obs_names`` restricts to the training cells (in that order).
     """
-    if obs_names is not None:
+    if obs_names is not None and list(map(str, obs_names)) != list(map(str, adata.obs_names)):
         adata = adata[pd.Index(obs_names)]
     X = adata.X if layer is None else adata.layers[layer]
-    X = sp.csr_matrix(X)
-    X.sort_indices()
-    counts = hashlib.sha1()
-    for part in (X.indptr.astype(np.int64), X.indices.astype(np.int64),
-                 np.asarray(X.data, dtype=np.float64)):
-        counts.update(np.ascontiguousarray(part).tobytes())
+    if hasattr(X, "to_memory"):  # on disk: the same digest, streamed in chunks of cells
+        counts = _streamed_counts_digest(X)
+    else:
+        X = sp.csr_matrix(X)
+        X.sort_indices()
+        counts = hashlib.sha1()
+        for part in (X.indptr.astype(np.int64), X.indices.astype(np.int64),
+                     np.asarray(X.data, dtype=np.float64)):
+            counts.update(np.ascontiguousarray(part).tobytes())
     fp = {"shape": [int(adata.n_obs), int(adata.n_vars)],
           "genes": _digest(adata.var_names), "cells": _digest(adata.obs_names),
           "counts": counts.hexdigest()}
     if perturbation_key is not None and perturbation_key in adata.obs:
         fp["conditions"] = _digest(adata.obs[perturbation_key].astype(str))
     return fp
+
+
+def _streamed_counts_digest(X, chunk: int = 50_000):
+    """SHA-1 of indptr, indices and data of a row-sliceable CSR dataset, read in chunks
+    (three passes, so the bytes come in the order the in-memory digest hashes them)."""
+    counts = hashlib.sha1()
+    n = X.shape[0]
+
+    def chunks():
+        for start in range(0, n, chunk):
+            c = sp.csr_matrix(X[start:min(start + chunk, n)])
+            c.sort_indices()
+            yield c
+
+    counts.update(np.zeros(1, dtype=np.int64).tobytes())
+    offset = 0
+    for c in chunks():
+        counts.update((c.indptr[1:].astype(np.int64) + offset).tobytes())
+        offset += int(c.indptr[-1])
+    for c in chunks():
+        counts.update(c.indices.astype(np.int64).tobytes())
+    for c in chunks():
+        counts.update(np.asarray(c.data, dtype=np.float64).tobytes())
+    return counts
 
 
 def _digest(values) -> str:
@@ -140,7 +170,7 @@ def check_fingerprint(saved: dict, adata: ad.AnnData, obs_names, perturbation_ke
 def train_from_file(path, train_config=None, model_config=None, checkpoint_dir=None,
                     resume=False, **data_args) -> TrainedRun:
     """Load ``path`` into PerturbationData with ``data_args`` and :func:`fit` it."""
-    adata = read_anndata(path)
+    adata = read_anndata(path, backed=bool(data_args.get("counts_on_disk")))
     data = PerturbationData.from_anndata(adata, **data_args)
     run = fit(data, train_config, model_config, checkpoint_dir=checkpoint_dir, resume=resume)
     run.data_source = {"path": str(Path(path).resolve()), "args": data_args,
@@ -359,7 +389,8 @@ def rebuild_data(run_dir, adata: ad.AnnData | None = None) -> PerturbationData:
     for col in cells.columns:
         view.obs[col] = cells[col].to_numpy()
     args = dict(config["data"]["args"])
-    for key in ("qc_k", "qc_columns", "doublets", "artifact_kinds", "split", "artifact"):
+    for key in ("qc_k", "qc_columns", "doublets", "artifact_kinds", "split", "artifact",
+                "counts_on_disk"):
         args.pop(key, None)
     art_cols = [c for c in cells.columns if c.startswith(ARTIFACT_PREFIX)]
     data = PerturbationData.from_anndata(view, split=SPLIT_COLUMN, artifact=art_cols, **args)

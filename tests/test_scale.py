@@ -76,3 +76,24 @@ def test_counts_on_disk_give_the_same_data_and_train(tmp_path):
     run = fit(disk, TrainConfig(epochs=2, batch_size=256, progress=False, seed=0))
     assert np.isfinite(run.history["loss"]).all()
     assert all(torch.isfinite(p).all() for p in run.model.parameters())
+
+
+def test_train_from_the_command_line_with_counts_on_disk(tmp_path):
+    import warnings
+
+    from inference.cli import main
+    from inference.run_io import data_fingerprint, load_run
+
+    path = simulate_large_screen(tmp_path / "c.h5ad", n_cells=1500, n_genes=100, n_singles=4,
+                                 n_combinations=2, chunk_size=400, seed=5)
+    # the on-disk fingerprint streams the file and equals the in-memory one
+    assert data_fingerprint(ad.read_h5ad(path, backed="r")) == data_fingerprint(ad.read_h5ad(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # scrublet skipped on disk
+        assert main(["train", str(path), "--out", str(tmp_path / "run"), "--epochs", "1",
+                     "--counts-on-disk", "--latent-dim", "4", "--hidden-dim", "16",
+                     "--num-particles", "2"]) == 0
+    run = load_run(tmp_path / "run")  # reloads against the file (fingerprint checked)
+    assert run.data.n_cells == 1500
+    assert main(["effects", str(tmp_path / "run"), "--perturbations", "P0", "--num-draws", "2",
+                 "--n-cells", "20", "--out", str(tmp_path / "ate.csv")]) == 0
