@@ -377,20 +377,29 @@ class CombinedGuide(PyroModule):
                 part(*args, **kwargs)
 
 
-def basal_posterior_of(guide):
-    """The guide, or the part of a composed guide, exposing the basal-posterior protocol.
+def guide_part(guide, wanted):
+    """The guide, or the first part of a composed guide, for which ``wanted(part)`` holds.
 
-    Looks through :class:`CombinedGuide` parts and Pyro ``AutoGuideList``
-    members; ``None`` when no part has ``basal_features`` and
-    ``basal_distribution``.
+    Looks through :class:`CombinedGuide` parts, Pyro ``AutoGuideList`` members
+    and a guide's ``artifact_guide``; ``None`` when no part qualifies.
     """
-    if hasattr(guide, "basal_features") and hasattr(guide, "basal_distribution"):
+    if wanted(guide):
         return guide
-    for part in list(getattr(guide, "parts", [])) + list(getattr(guide, "guides", [])):
-        found = basal_posterior_of(part)
+    parts = list(getattr(guide, "parts", [])) + list(getattr(guide, "guides", []))
+    if hasattr(guide, "artifact_guide"):
+        parts.append(guide.artifact_guide)
+    for part in parts:
+        found = guide_part(part, wanted)
         if found is not None:
             return found
     return None
+
+
+def basal_posterior_of(guide):
+    """The guide, or the part of a composed guide, exposing the basal-posterior protocol
+    (``basal_features`` and ``basal_distribution``); ``None`` without one."""
+    return guide_part(guide, lambda g: hasattr(g, "basal_features")
+                      and hasattr(g, "basal_distribution"))
 
 
 def make_guide(kind: str, model: CradleModel, gene_mean=None, gene_std=None):
@@ -404,5 +413,5 @@ def make_guide(kind: str, model: CradleModel, gene_mean=None, gene_std=None):
     raise CradleInputError(f"guide={kind!r}; use 'correlated' or 'mean-field'")
 
 
-__all__ = ["ArtifactGuide", "BasalGuide", "CombinedGuide", "CorrelatedGuide", "MaskGuide", "MeanFieldGuide",
+__all__ = ["ArtifactGuide", "BasalGuide", "guide_part", "CombinedGuide", "CorrelatedGuide", "MaskGuide", "MeanFieldGuide",
            "basal_posterior_of", "make_guide"]

@@ -30,19 +30,7 @@ import pandas as pd
 import torch
 
 from cradle_pyro.errors import CradleInputError
-from cradle_pyro.guides import ArtifactGuide
-
-
-def _artifact_guide(guide) -> ArtifactGuide | None:
-    if isinstance(guide, ArtifactGuide):
-        return guide
-    if hasattr(guide, "artifact_guide"):
-        return guide.artifact_guide
-    for part in list(getattr(guide, "parts", [])) + list(getattr(guide, "guides", [])):
-        found = _artifact_guide(part)
-        if found is not None:
-            return found
-    return None
+from cradle_pyro.guides import ArtifactGuide, guide_part
 
 
 def artifact_posterior(model, guide, data, split: str | None = None,
@@ -69,7 +57,7 @@ def artifact_posterior(model, guide, data, split: str | None = None,
         raise CradleInputError(
             "this model observes the artifact state (its QC flags are the state): there is no "
             "posterior to report; train with artifact_state='latent' (--artifact-state latent)")
-    part = _artifact_guide(guide)
+    part = guide_part(guide, lambda g: isinstance(g, ArtifactGuide))
     if part is None:
         raise CradleInputError("the guide has no ArtifactGuide part: add one to it "
                                "(cradle_pyro.guides.ArtifactGuide)")
