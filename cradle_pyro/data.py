@@ -119,6 +119,12 @@ class _DeviceCSR:
         return out
 
 
+def _batch_starts(n: int, batch_size: int, drop_last: bool) -> range:
+    """Start positions of the batches of ``n`` cells (a short last batch dropped if asked)."""
+    stop = n - (n % batch_size if drop_last and n > batch_size else 0)
+    return range(0, stop, batch_size)
+
+
 class _StageClock:
     """Wall seconds of consecutive stages (``stop(name)`` ends the current one)."""
 
@@ -382,13 +388,20 @@ class PerturbationData:
         self.qc_covariate_scale = np.asarray(scale, dtype=float)
         self._device_cache.clear()
 
+    def _row_chunks(self, idx):
+        """``(rows, csr)`` for the cells ``idx`` in chunks: memory bounded by the chunk, not the data set."""
+        for start in range(0, len(idx), CHUNK_CELLS):
+            rows = idx[start:start + CHUNK_CELLS]
+            yield rows, self.counts[rows]
+
+    def _gene_sum(self, csr, power: int = 1) -> np.ndarray:
+        return np.bincount(csr.indices, weights=csr.data ** power, minlength=self.n_genes)
+
     def gene_totals(self, split: str | None = "train") -> np.ndarray:
         """Counts of each gene summed over a split's cells (in chunks of cells, no copy of the split)."""
-        idx = self.indices(split)
         total = np.zeros(self.n_genes)
-        for start in range(0, len(idx), CHUNK_CELLS):
-            block = self.counts[idx[start:start + CHUNK_CELLS]]
-            total += np.bincount(block.indices, weights=block.data, minlength=self.n_genes)
+        for _, block in self._row_chunks(self.indices(split)):
+            total += self._gene_sum(block)
         return total
 
     def _log_standardisation(self):
@@ -396,14 +409,11 @@ class PerturbationData:
         train = np.flatnonzero(self.split == "train")
         total = np.zeros(self.n_genes)
         total_sq = np.zeros(self.n_genes)
-        # in chunks of cells: memory bounded by the chunk, not the data set
-        for start in range(0, len(train), CHUNK_CELLS):
-            rows = train[start:start + CHUNK_CELLS]
-            norm = self.counts[rows]
+        for rows, norm in self._row_chunks(train):
             norm.data = np.log1p(norm.data * np.repeat(1e4 / self.library[rows],
                                                        np.diff(norm.indptr)))
-            total += np.bincount(norm.indices, weights=norm.data, minlength=self.n_genes)
-            total_sq += np.bincount(norm.indices, weights=norm.data ** 2, minlength=self.n_genes)
+            total += self._gene_sum(norm)
+            total_sq += self._gene_sum(norm, 2)
         mean = total / max(len(train), 1)
         var = total_sq / max(len(train), 1) - mean ** 2
         std = np.sqrt(np.clip(var, 0, None))
@@ -564,8 +574,7 @@ class PerturbationData:
         if self.on_disk:  # read a group of random blocks at once, shuffle within it
             yield from self._disk_batches(idx, batch_size, shuffle, seed, device, n_split, drop_last)
             return
-        stop = len(idx) - (len(idx) % batch_size if drop_last and len(idx) > batch_size else 0)
-        for start in range(0, stop, batch_size):
+        for start in _batch_starts(len(idx), batch_size, drop_last):
             yield self.batch(idx[start:start + batch_size], device=device, num_cells=n_split)
 
     @property
@@ -578,8 +587,7 @@ class PerturbationData:
         for group in block_groups(np.sort(idx), shuffle, seed):
             rows = _DeviceCSR(self.counts[group], device)
             order = rng.permutation(len(group)) if shuffle else np.arange(len(group))
-            stop = len(order) - (len(order) % batch_size if drop_last and len(order) > batch_size else 0)
-            for start in range(0, stop, batch_size):
+            for start in _batch_starts(len(order), batch_size, drop_last):
                 local = torch.as_tensor(order[start:start + batch_size], device=device)
                 yield self.batch(group[order[start:start + batch_size]], device=device,
                                  num_cells=n_split, counts=rows.rows(local))

@@ -64,14 +64,11 @@ class DiskCounts:
             yield start, self[slice(start, min(start + size, self.shape[0]))]
 
     def sum(self, axis):
-        """Row (axis=1) or column (axis=0) sums, read in chunks; a column like scipy's."""
-        if axis == 1:
-            out = np.concatenate([np.asarray(c.sum(1)).ravel() for _, c in self.chunks(50_000)])
-            return out.reshape(-1, 1)
-        total = np.zeros(self.shape[1])
-        for _, c in self.chunks(50_000):
-            total += np.asarray(c.sum(0)).ravel()
-        return total.reshape(1, -1)
+        """Row sums (library sizes), read in chunks; a column, like scipy's ``sum(1)``."""
+        if axis != 1:
+            raise NotImplementedError("DiskCounts sums rows only; see PerturbationData.gene_totals")
+        out = np.concatenate([np.asarray(c.sum(1)).ravel() for _, c in self.chunks(50_000)])
+        return out.reshape(-1, 1)
 
 
 def block_groups(positions: np.ndarray, shuffle: bool, seed) -> list:

@@ -135,14 +135,16 @@ class QCThresholds:
             return self.doublet_column is not None
         return criterion in self.rules and self.rules[criterion].active
 
-    def judge(self, adata: ad.AnnData, layer: str | None = None) -> pd.DataFrame:
+    def judge(self, adata: ad.AnnData, layer: str | None = None,
+              metrics: pd.DataFrame | None = None) -> pd.DataFrame:
         """Apply the rules to ``adata``; returns ``qc_<criterion>`` columns and ``artifact``.
 
         A criterion learnt on an obs column uses that column when ``adata`` has
-        it, else the panel rule on metrics computed from the counts. Doublets are
-        judged only when the doublet column is present.
+        it, else the panel rule on metrics computed from the counts (or given as
+        ``metrics``, :func:`qc_metrics` of the same cells). Doublets are judged
+        only when the doublet column is present.
         """
-        metrics = qc_metrics(adata, layer=layer)
+        metrics = qc_metrics(adata, layer=layer) if metrics is None else metrics
         out = pd.DataFrame(index=adata.obs_names)
         for criterion in CRITERIA[:-1]:
             rule = self.rules.get(criterion)
@@ -479,7 +481,8 @@ def label_artifacts(
     check_shape_and_names(adata)
     check_counts(_counts_matrix(adata, layer, load=False), "error")
     thresholds, metrics = learn_thresholds(adata, k, columns, doublets, artifact_kinds, layer, seed)
-    labels = thresholds.judge(_with_obs(adata, metrics), layer=layer)
+    # the metrics were just computed: judge by them instead of a second pass over the counts
+    labels = thresholds.judge(_with_obs(adata, metrics), layer=layer, metrics=metrics)
     table = metrics.join(labels)
     if not inplace:
         return thresholds, table

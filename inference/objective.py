@@ -160,7 +160,7 @@ class CradleELBO:
     def traces(self, model, guide, **kwargs):
         """Vectorised guide and model traces with log-densities computed."""
         scales = self.site_scales(kwargs["dosage"], kwargs.get("artifact"), kwargs.get("num_cells"))
-        if getattr(getattr(model, "config", None), "latent_artifacts", False):
+        if _latent_artifacts(model):
             # the flags are not the artifact state: its effect is a plain global (weight 1)
             scales.pop("artifact_effect", None)
         particles = pyro.plate("particles", self.num_particles, dim=PARTICLE_DIM)
@@ -244,7 +244,7 @@ class CradleELBO:
             return zero
         if getattr(model, "artifact_offset_dim", 1) == 0:
             return zero  # no artifact path (sams, cpa, svae+): nothing to align
-        if getattr(getattr(model, "config", None), "latent_artifacts", False):
+        if _latent_artifacts(model):
             # reference groups are cut by the QC flags; with a latent artifact state
             # the flags are evidence, not the state, so there is nothing to align to
             return zero
@@ -271,6 +271,11 @@ class CradleELBO:
         batch = counts.shape[-2]
         factor = (kwargs.get("num_cells") or batch) / batch
         return factor * kl.sum(-1).mean()
+
+def _latent_artifacts(model) -> bool:
+    """Whether ``model`` (any callable) has a latent artifact state."""
+    return bool(getattr(getattr(model, "config", None), "latent_artifacts", False))
+
 
 def _latent_sites(trace) -> dict:
     """Unobserved sample sites of a trace (plates and autoguides' auxiliary sites excluded)."""
@@ -336,7 +341,7 @@ def per_cell_log_weights(model, guide, num_particles: int, return_globals: bool 
     local = torch.zeros(num_particles, n, device=kwargs["counts"].device)
     for name in LOCAL_SITES:
         latent = name in guide_trace.nodes
-        if name in model_trace.nodes and (latent or name not in ("artifact",)):
+        if name in model_trace.nodes and (latent or name != "artifact"):
             site = model_trace.nodes[name]
             local = local + site["fn"].log_prob(site["value"]).expand(num_particles, n)
         if latent:
