@@ -42,6 +42,8 @@ _RULES = {
     "mask_prob": ("float", 0, 1, {"low_open": True, "high_open": True}),
     "target_effects": ("bool", None, None),
     "target_effect_scale": ("float", 0, None, {"low_open": True}),
+    "gene_effects": ("bool", None, None),
+    "gene_effect_scale": ("float", 0, None, {"low_open": True}),
 }
 
 
@@ -75,6 +77,19 @@ class ModelConfig:
         (cis) effect on that gene (site ``target_effect``).
     target_effect_scale
         Scale of its Normal prior, in natural-log fold change.
+    gene_effects
+        Give each perturbation a direct, sparse effect on every gene's logit
+        (site ``gene_effect``, P × G) beside its latent effect: what a
+        d-dimensional latent shared by all genes cannot express.
+    gene_effect_prior
+        Its prior: ``laplace``, ``normal`` or ``student-t``; with
+        ``-learnt-scale`` (default ``laplace-learnt-scale``) each
+        perturbation's scale is learnt with the model (type-II maximum
+        likelihood), so strong perturbations get room and null ones are
+        shrunk to zero.
+    gene_effect_scale
+        Scale of that prior (the starting scale when learnt), in natural-log
+        fold change.
     artifact_state
         ``"observed"`` (default): a cell's artifact state is its QC flags.
         ``"latent"``: the artifact state is a latent cause of the counts, of
@@ -112,6 +127,9 @@ class ModelConfig:
     mask_beta: tuple = (1.0, 9.0)
     target_effects: bool = True
     target_effect_scale: float = 2.0
+    gene_effects: bool = False
+    gene_effect_prior: str = "laplace-learnt-scale"
+    gene_effect_scale: float = 0.3
     artifact_state: str = "observed"
     artifact_evidence: str = "covariates"
     artifact_causes: tuple = ("damaged", "low_complexity", "doublet")
@@ -128,8 +146,9 @@ class ModelConfig:
                 f"likelihood={self.likelihood!r}; choose one of {list(LIKELIHOODS)}")
         from .priors import prior_names
 
-        if self.effect_prior not in prior_names():
-            raise CradleInputError(f"effect_prior={self.effect_prior!r}; choose one of {prior_names()}")
+        for name in ("effect_prior", "gene_effect_prior"):
+            if getattr(self, name) not in prior_names():
+                raise CradleInputError(f"{name}={getattr(self, name)!r}; choose one of {prior_names()}")
         if self.artifact_state not in ARTIFACT_STATES:
             raise CradleInputError(
                 f"artifact_state={self.artifact_state!r}; choose one of {list(ARTIFACT_STATES)}")

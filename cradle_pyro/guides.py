@@ -3,7 +3,8 @@
 Both are plain :class:`~pyro.nn.PyroModule` callables with the model's
 signature. They sample the same latent sites as the model
 (``effect``, ``mask``, ``mask_rate`` for ``svae+``, ``artifact_effect``,
-``target_effect`` where targets are measured genes, ``basal``).
+``target_effect`` where targets are measured genes, ``gene_effect`` when
+switched on, ``basal``).
 
 The basal-posterior protocol
 ----------------------------
@@ -231,6 +232,10 @@ class CorrelatedGuide(_GuideBase):
             self.target_effect_loc = PyroParam(torch.zeros(P))
             self.target_effect_scale = PyroParam(torch.full((P,), 0.1),
                                                  constraint=constraints.positive)
+        if model.use_gene_effects:
+            self.gene_effect_loc = PyroParam(torch.zeros(P, model.n_genes))
+            self.gene_effect_scale = PyroParam(torch.full((P, model.n_genes), 0.01),
+                                               constraint=constraints.positive)
         if cfg.use_artifact_latents:
             self.artifact_effect_loc = PyroParam(torch.zeros(A, d))
             self.artifact_effect_scale = PyroParam(torch.full((A, d), 0.1),
@@ -260,6 +265,9 @@ class CorrelatedGuide(_GuideBase):
                 if m.use_target_effects:
                     pyro.sample("target_effect", dist.Normal(self.target_effect_loc,
                                                              self.target_effect_scale))
+                if m.use_gene_effects:
+                    pyro.sample("gene_effect", dist.Normal(self.gene_effect_loc,
+                                                           self.gene_effect_scale).to_event(1))
         if cfg.use_artifact_latents or cfg.latent_artifacts:
             with pyro.plate("artifact_kinds", m.n_artifacts, dim=-1):
                 if cfg.use_artifact_latents:

@@ -12,6 +12,8 @@ site                 shape   plate          role
 ``target_effect``    P       perturbations  direct (cis) log-fold effect of a
                                             perturbation on its own target gene,
                                             when the target is a measured gene
+``gene_effect``      P × G   perturbations  direct sparse log-fold effect of a
+                                            perturbation on every gene (optional)
 ``dosage``           n × P   cells          treatment received (observed, intervenable)
 ``artifact``         n × A   cells          artifact state (observed, or latent with
                                             its QC evidence: :mod:`.artifact_state`)
@@ -24,6 +26,7 @@ site                 shape   plate          role
 
     z_n      = combine(basal_n, dosage_n @ (effect * mask), artifact_n @ artifact_effect)
     logits_n = decoder(z_n) + Σ_p dosage_np · target_effect_p · onehot(target gene of p)
+                            + Σ_p dosage_np · gene_effect_p                 (optional)
     counts_n ~ NB(mean = library_n * softmax(logits_n), dispersion)
 
 The ``target_effect`` path exists because a CRISPRi/CRISPRa guide acts first
@@ -119,6 +122,10 @@ class CradleModel(PyroModule):
         if str(config.effect_prior).endswith(LEARNT):
             # a hierarchical prior with a learnt scale (type-II maximum likelihood)
             self.effect_log_scale = PyroParam(torch.tensor(float(np.log(config.effect_scale))))
+        if self.use_gene_effects and config.gene_effect_prior.endswith(LEARNT):
+            # one scale per perturbation: strong perturbations get room, null ones shrink
+            self.gene_effect_log_scale = PyroParam(
+                torch.full((n_perturbations, 1), float(np.log(config.gene_effect_scale))))
         if config.likelihood == "zinb":
             self.gate_logits = PyroParam(torch.full((n_genes,), -2.0))
         if config.latent_artifacts:
@@ -180,6 +187,11 @@ class CradleModel(PyroModule):
                     and (self.target_gene >= 0).any())
 
     @property
+    def use_gene_effects(self) -> bool:
+        """Whether the ``gene_effect`` site exists."""
+        return bool(self.config.gene_effects and self.config.use_embeddings)
+
+    @property
     def device(self) -> torch.device:
         """Where the model's tensors live."""
         return self.dosage_freq.device
@@ -190,6 +202,13 @@ class CradleModel(PyroModule):
         if hasattr(self, "effect_log_scale"):
             return self.effect_log_scale.exp()
         return self.config.effect_scale
+
+    @property
+    def gene_effect_prior_scale(self):
+        """The gene-effect prior's scale: fixed, or learnt per perturbation (P × 1)."""
+        if hasattr(self, "gene_effect_log_scale"):
+            return self.gene_effect_log_scale.exp()
+        return self.config.gene_effect_scale
 
     @property
     def dispersion(self):
@@ -234,15 +253,25 @@ class CradleModel(PyroModule):
         return torch.zeros(shape, device=dosage.device, dtype=dosage.dtype).index_add(
             -1, self.target_gene[measured], contribution)
 
+    def direct_shift(self, dosage, target_effect=None, gene_effect=None):
+        """The logit shift of the direct paths (0 where both are off)."""
+        shift = 0.0
+        if target_effect is not None:
+            shift = shift + self.target_shift(dosage, target_effect)
+        if gene_effect is not None:
+            shift = shift + torch.matmul(dosage, gene_effect)
+        return shift
+
     # --------------------------------------------------------------- priors
     def _prior(self, site, default, shape, scale=1.0):
         spec = self.config.priors.get(site, default)
         return prior_distribution(spec, shape, scale, device=self.dosage_freq.device)
 
     def sample_globals(self):
-        """effect, mask (and mask_rate), artifact_effect, target_effect, flag rates; ``None`` where off."""
+        """effect, mask (and mask_rate), artifact_effect, (target_effect, gene_effect), flag
+        rates; ``None`` where off."""
         cfg, d, P, A = self.config, self.latent_dim, self.n_perturbations, self.n_artifacts
-        effect = mask = artifact_effect = target_effect = flag_rates = None
+        effect = mask = artifact_effect = target_effect = gene_effect = flag_rates = None
         if cfg.use_embeddings:
             if cfg.beta_bernoulli_mask:
                 a, b = (torch.tensor(float(v), device=self.dosage_freq.device) for v in cfg.mask_beta)
@@ -254,6 +283,8 @@ class CradleModel(PyroModule):
             effect_prior = self._prior("effect", cfg.effect_prior, (P, d), self.effect_prior_scale)
             target_prior = (self._prior("target_effect", "normal", (P,), cfg.target_effect_scale)
                             if self.use_target_effects else None)
+            gene_prior = (self._prior("gene_effect", cfg.gene_effect_prior, (P, self.n_genes),
+                                      self.gene_effect_prior_scale) if self.use_gene_effects else None)
             with pyro.plate("perturbations", P, dim=-1):
                 effect = pyro.sample("effect", effect_prior.to_event(1))
                 if cfg.use_mask:
@@ -262,6 +293,8 @@ class CradleModel(PyroModule):
                     mask = pyro.sample("mask", bernoulli_pmf(probs).to_event(1))
                 if self.use_target_effects:
                     target_effect = pyro.sample("target_effect", target_prior)
+                if self.use_gene_effects:
+                    gene_effect = pyro.sample("gene_effect", gene_prior.to_event(1))
         if cfg.use_artifact_latents or cfg.latent_artifacts:
             artifact_prior = (self._prior("artifact_effect", "normal", (A, d))
                               if cfg.use_artifact_latents else None)
@@ -273,14 +306,14 @@ class CradleModel(PyroModule):
         if cfg.latent_artifacts:
             flag_rates = ((sensitivity, self.artifact_evidence.sample_specificity())
                           if self.artifact_evidence.n_flags else (None, None))
-        return effect, mask, artifact_effect, target_effect, flag_rates
+        return effect, mask, artifact_effect, (target_effect, gene_effect), flag_rates
 
     # ---------------------------------------------------------------- story
     def forward(self, counts=None, dosage=None, artifact=None, library=None, *, qc=None,
                 flags=None, cell_index=None, num_cells=None, reference=None, n_cells=None):
         n = _batch_size(counts, dosage, artifact, library, n_cells)
         device = self.dosage_freq.device
-        effect, mask, artifact_effect, target_effect, flag_rates = self.sample_globals()
+        effect, mask, artifact_effect, direct_effects, flag_rates = self.sample_globals()
         latent = self.config.latent_artifacts
         if latent:  # not observed: the QC flags and covariates are evidence of it
             artifact = None
@@ -298,9 +331,7 @@ class CradleModel(PyroModule):
             if library is None:
                 library = pyro.sample("library", dist.LogNormal(self.library_loc, self.library_scale)
                                       .expand([n]))
-            logits = self.decoder(z)
-            if target_effect is not None:
-                logits = logits + self.target_shift(dosage, target_effect)
+            logits = self.decoder(z) + self.direct_shift(dosage, *direct_effects)
             # log expected counts: log library + log proportions (softmax of the logits)
             log_mean = library.log().unsqueeze(-1) + torch.log_softmax(logits, -1)
             pyro.sample("counts", count_distribution(self.config.likelihood, dispersion=self.dispersion,

@@ -80,6 +80,8 @@ def simulate_screen(
     n_truth_cells: int = 1000,
     n_states: int = 4,
     knockdown: float | None = None,
+    direct_genes: int = 0,
+    direct_scale: float = 0.7,
     keep_expected: bool = False,
     seed: int = 0,
 ) -> ad.AnnData:
@@ -106,6 +108,12 @@ def simulate_screen(
         CRISPRi-like screens: the natural-log fold change of each single's own
         target gene (e.g. ``-2.0``; per target scaled by U(0.5, 1.5)). Singles
         are then named after their target genes (well-expressed genes).
+    direct_genes, direct_scale
+        Give each single, besides its latent effect, a direct log-fold effect
+        of ±U(0.5, 1.5)·``direct_scale`` on ``direct_genes`` random genes
+        (combinations add their singles'): effects outside the span of the
+        low-dimensional latent, which a model can only express gene by gene.
+        ``uns["truth"]["direct_effect"]`` holds them (singles × genes).
     keep_expected
         Also keep ``layers["clean_expected"]``: each cell's expected clean
         counts (library × proportions, dense), the noise-free target of
@@ -126,7 +134,7 @@ def simulate_screen(
     """
     rng = np.random.default_rng(seed)
     design = _screen_design(rng, n_genes, n_singles, n_combinations, n_interacting, latent_dim,
-                            effect_scale, knockdown)
+                            effect_scale, knockdown, direct_genes, direct_scale)
     genes, is_mt, conditions = design.genes, design.is_mt, design.conditions
     baseline, decoder, dispersion = design.baseline, design.decoder, design.dispersion
     latent_effect, condition_cis, interacting = (design.latent_effect, design.condition_cis,
@@ -207,7 +215,8 @@ def simulate_screen(
         "ate_conditions": np.array(conditions[1:]),
         "doublet_partner": np.stack([doublets, partners], 1),
         "target_gene": np.array(singles if knockdown is not None else []),
-        "knockdown": cis,
+        "knockdown": cis - design.direct,
+        "direct_effect": design.direct,
         "seed": seed,
     }
     adata.uns["control_label"] = "control"
@@ -216,7 +225,7 @@ def simulate_screen(
 
 
 def _screen_design(rng, n_genes, n_singles, n_combinations, n_interacting, latent_dim,
-                   effect_scale, knockdown):
+                   effect_scale, knockdown, direct_genes=0, direct_scale=0.7):
     """Genes, baseline, decoder, dispersion, effects and conditions of a screen (one RNG stream)."""
     genes = _gene_names(n_genes)
     is_mt = np.array([g.startswith("MT-") for g in genes])
@@ -262,9 +271,21 @@ def _screen_design(rng, n_genes, n_singles, n_combinations, n_interacting, laten
             dim = rng.integers(latent_dim)
             latent_effect[row, dim] += effect_scale * rng.choice([-1, 1])
             interacting.append(conditions[row])
+    # drawn last, so that screens without direct effects keep their random stream
+    direct = np.zeros((n_singles, n_genes))
+    if direct_genes:
+        candidates = np.flatnonzero(~(is_mt | is_ribo | is_hb))
+        for i in range(n_singles):
+            genes_i = rng.choice(candidates, size=direct_genes, replace=False)
+            direct[i, genes_i] = (rng.choice([-1, 1], direct_genes)
+                                  * rng.uniform(0.5, 1.5, direct_genes) * direct_scale)
+        cis = cis + direct
+        condition_cis[1:1 + n_singles] = cis
+        for j, (a, b) in enumerate(pairs):
+            condition_cis[1 + n_singles + j] = cis[a] + cis[b]
 
     return SimpleNamespace(
         genes=genes, is_mt=is_mt, is_ribo=is_ribo, is_hb=is_hb, baseline=baseline,
         decoder=decoder, dispersion=dispersion, singles=singles, cis=cis, pairs=pairs,
         conditions=conditions, latent_effect=latent_effect, condition_cis=condition_cis,
-        interacting=interacting)
+        interacting=interacting, direct=direct)

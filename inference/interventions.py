@@ -57,7 +57,7 @@ from cradle_pyro.model import _batch_size
 from cradle_pyro.splits import targets_of
 
 INTERVENABLE = ("dosage", "artifact", "basal", "library", "effect", "mask", "artifact_effect",
-                "target_effect")
+                "target_effect", "gene_effect")
 PER_CELL = ("dosage", "artifact", "basal", "library")
 
 

@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from cradle_pyro import PerturbationData
-from inference.scoring import held_out_conditions, interactions, score_ates, summarise_scores
+from cradle_pyro import PerturbationData, simulate_screen
+from inference.scoring import (effect_slope, held_out_conditions, interactions, score_ates,
+                               summarise_scores)
 
 
 def null_screen(n_per_condition=60, n_control=40, n_genes=200, seed=0):
@@ -71,3 +72,19 @@ def test_a_perfect_prediction_scores_near_the_square_root_of_the_ceiling():
                          data, ["A+B"])
     assert inter.loc[0, "perfect_norm"] == pytest.approx(0.0, abs=1e-9)
     assert held_out_conditions(data) == ["A+B"]
+
+
+def test_effect_slope_scores_a_perfect_predictor_one_where_the_observed_slope_does_not():
+    """Weak effects (Norman-like): the slope on the observed ATE of the top genes gives the true
+    ATE itself about 0.5; effect_slope removes the noise and the winner's curse."""
+    screen = simulate_screen(n_cells=2500, n_genes=500, n_singles=12, n_combinations=8,
+                             effect_scale=0.4, n_truth_cells=2000, seed=0)
+    data = PerturbationData.from_anndata(screen, doublets=False, seed=0)
+    truth = pd.DataFrame(np.asarray(screen.uns["truth"]["ate"]),
+                         index=list(screen.uns["truth"]["ate_conditions"]), columns=data.gene_names)
+    singles = [c for c in truth.index if "+" not in c]
+    preds = {"truth": truth, "half": truth * 0.5}
+    slope = effect_slope(preds, data, singles, seed=0)["slope"]
+    observed = summarise_scores(score_ates(preds, data, singles, split=None, additive=False))
+    assert abs(slope["truth"] - 1) < 0.15 and abs(slope["half"] - 0.5) < 0.08
+    assert observed.loc["truth", "slope_top"] < 0.7  # the bias effect_slope removes

@@ -1,0 +1,150 @@
+"""The direct per-gene effect path (``gene_effects``): does it unshrink effects, and at what prior scale?
+
+The latent path moves all genes through a d-dimensional state; a
+perturbation's effect on a gene that the shared latent directions cannot
+express is lost (shrunk). ``ModelConfig(gene_effects=True)`` adds a sparse
+(Laplace) log-fold effect of each perturbation on each gene's logit. This
+benchmark chooses its prior scale **without touching the held-out
+conditions**: on Norman by the validation ATE error of *seen* conditions
+(:class:`inference.selection.ValidationEffects`: model ATE against the clean
+validation cells' ATE, mean squared error and Pearson r), and on the simulator
+(truth known) by ATE r and slope against the true ATE. Held-out scores (all
+five eligible doubles, :mod:`inference.scoring`: disjoint control, split-half
+ceiling) are reported beside them, never used to choose.
+
+Writes benchmarks/results/gene_effects_<screen>.json (per seed and setting,
+mean ± sd).
+
+    python benchmarks/gene_effects.py --screen norman [--seeds 0,1,2] [--scales off,0.1,0.3,1.0,learnt]
+    python benchmarks/gene_effects.py --screen simulator|crispri|direct [--seeds 0,1,2]
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+
+from cradle_pyro import ModelConfig, PerturbationData, simulate_screen
+from inference import TrainConfig, fit
+from inference.effects import model_ate, posterior_ate
+from inference.scoring import effect_slope, score_ates, summarise_scores
+from inference.selection import ValidationEffects
+from simulator_effects import recovery, truth_table
+
+ROOT = Path(__file__).resolve().parents[1]
+NORMAN = ROOT.parent / "shared" / "data" / "norman2019_k562_crispra_subset.h5ad"
+RESULTS = ROOT / "benchmarks" / "results"
+# simulator screens: the default one, CRISPRi-like knockdowns of each single's target, and
+# direct (non-latent) effects of each single on 10 genes
+SCREENS = {"simulator": {}, "crispri": {"knockdown": -2.0},
+           "direct": {"direct_genes": 10, "direct_scale": 0.7}}
+
+
+def model_config(model: str, scale: str) -> ModelConfig:
+    """``off``; ``learnt`` (the default prior: Laplace, a scale per perturbation learnt); or a
+    fixed Laplace scale."""
+    if scale == "off":
+        return ModelConfig(model=model, gene_effects=False)
+    if scale == "learnt":
+        return ModelConfig(model=model, gene_effects=True)
+    if not scale[0].isdigit():  # a prior name, e.g. student-t-learnt-scale
+        return ModelConfig(model=model, gene_effects=True, gene_effect_prior=scale)
+    return ModelConfig(model=model, gene_effects=True, gene_effect_prior="laplace",
+                       gene_effect_scale=float(scale))
+
+
+def validation_scores(run, data, seed) -> dict:
+    """Seen conditions' validation cells: ATE mean squared error and Pearson r (all genes)."""
+    val = ValidationEffects(data, num_draws=20, n_cells=200, seed=seed)
+    pred = model_ate(run.model, run.guide, data, val.conditions, num_draws=20, n_cells=200,
+                     seed=seed).to_numpy()
+    r = np.mean([np.corrcoef(a, b)[0, 1] for a, b in zip(pred, val.observed)])
+    return {"val_ate_mse": float(((pred - val.observed) ** 2).mean()), "val_ate_r": float(r),
+            "val_conditions": len(val.conditions)}
+
+
+def norman_seed(adata, seed, model, scale) -> dict:
+    data = PerturbationData.from_anndata(adata, "perturbation", "control",
+                                         split="unseen-combinations", heldout_fraction=1.0, seed=seed)
+    t0 = time.time()
+    run = fit(data, TrainConfig(seed=seed, progress=False), model_config(model, scale))
+    out = {"train_seconds": round(time.time() - t0, 1), **validation_scores(run, data, seed)}
+    test = sorted(set(np.asarray(data.conditions)[data.split == "test"]))
+    singles = [c for c in data.condition_names if c != data.control_label and data.separator not in c]
+    ate = model_ate(run.model, run.guide, data, test + singles, seed=seed)
+    held = summarise_scores(score_ates({"model": ate.loc[test]}, data, test, seed=seed))
+    seen = summarise_scores(score_ates({"model": ate.loc[singles]}, data, singles, split=None,
+                                       additive=False, seed=seed))
+    out["seen_singles_slope_on_true_effect"] = float(
+        effect_slope({"model": ate.loc[singles]}, data, singles, seed=seed).loc["model", "slope"])
+    for name, table in (("test", held), ("seen_singles", seen)):
+        for row in table.index:
+            for col in ("pearson_all", "pearson_top", "slope_top"):
+                v = table.loc[row, col]
+                if np.isfinite(v):
+                    out[f"{name}_{row}_{col}"] = float(v)
+    return out
+
+
+def simulator_seed(seed, model, scale, screen) -> dict:
+    """The simulator at 3,000 × 500: default, CRISPRi-like, or with direct effects: truth known."""
+    kw = dict(n_cells=3000, n_genes=500) | SCREENS[screen]
+    adata = simulate_screen(seed=seed, **kw)
+    truth = truth_table(adata)
+    data = PerturbationData.from_anndata(adata, doublets=False, seed=seed)
+    t0 = time.time()
+    run = fit(data, TrainConfig(seed=seed, progress=False), model_config(model, scale))
+    post = posterior_ate(run.model, run.guide, data, list(truth.index), num_draws=100, n_cells=200,
+                         seed=seed)
+    out = {"train_seconds": round(time.time() - t0, 1), **recovery(post, truth)}
+    out["coverage_90"] = out.pop("coverage")["0.9"]
+    singles = [c for c in truth.index if data.separator not in c]
+    slopes = effect_slope({"model": post.mean.loc[singles], "truth": truth.loc[singles]}, data,
+                          singles, seed=seed)["slope"]
+    out["singles_slope_on_true_effect"] = float(slopes["model"])
+    out["singles_slope_on_true_effect_of_truth"] = float(slopes["truth"])
+    if screen == "crispri":
+        targets = list(adata.uns["truth"]["target_gene"])
+        ratio = np.array([post.mean.loc[g, g] / truth.loc[g, g] for g in targets])
+        out["target_within_20pct"] = float(np.mean(np.abs(ratio - 1) <= 0.2))
+    out.update(validation_scores(run, data, seed))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--screen", choices=["norman", *SCREENS], default="norman")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--scales", default="off,0.1,0.3,1.0")
+    ap.add_argument("--model", default="cradle")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tag", default="")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    adata = ad.read_h5ad(NORMAN) if args.screen == "norman" else None
+    results = {}
+    for scale in args.scales.split(","):
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            res = (norman_seed(adata, seed, args.model, scale) if adata is not None
+                   else simulator_seed(seed, args.model, scale, args.screen))
+            results.setdefault(scale, {})[seed] = res
+            print(args.screen, args.model, scale, seed,
+                  json.dumps({k: round(v, 3) for k, v in res.items() if isinstance(v, float)}), flush=True)
+    summary = {s: {k: [float(np.mean([r[k] for r in per.values()])),
+                       float(np.std([r[k] for r in per.values()], ddof=1)) if len(per) > 1 else 0.0]
+                   for k in next(iter(per.values())) if isinstance(next(iter(per.values()))[k], float)}
+               for s, per in results.items()}
+    path = RESULTS / f"gene_effects_{args.screen}_{args.model}{args.tag}.json"
+    path.write_text(json.dumps({"settings": "cradle-pyro train defaults except gene_effects / "
+                                "gene_effect_scale; seed varies", "model": args.model,
+                                "mean_sd": summary, "per_seed": results}, indent=2))
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
