@@ -46,14 +46,16 @@ SCREENS = {"simulator": {}, "crispri": {"knockdown": -2.0},
 
 
 def model_config(model: str, scale: str) -> ModelConfig:
-    """``off``; ``learnt`` (the default prior: Laplace, a scale per perturbation learnt); or a
-    fixed Laplace scale."""
+    """``off``; ``learnt`` (Laplace, a scale per perturbation learnt from 0.3); a prior name
+    (its scale learnt); or a fixed Laplace scale (the default prior is Laplace, 1.0)."""
     if scale == "off":
         return ModelConfig(model=model, gene_effects=False)
     if scale == "learnt":
-        return ModelConfig(model=model, gene_effects=True)
+        return ModelConfig(model=model, gene_effects=True, gene_effect_prior="laplace-learnt-scale",
+                           gene_effect_scale=0.3)
     if not scale[0].isdigit():  # a prior name, e.g. student-t-learnt-scale
-        return ModelConfig(model=model, gene_effects=True, gene_effect_prior=scale)
+        return ModelConfig(model=model, gene_effects=True, gene_effect_prior=scale,
+                           gene_effect_scale=0.3)
     return ModelConfig(model=model, gene_effects=True, gene_effect_prior="laplace",
                        gene_effect_scale=float(scale))
 

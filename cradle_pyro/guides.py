@@ -368,11 +368,11 @@ class CombinedGuide(PyroModule):
     >>> from pyro.infer.autoguide import AutoNormal
     >>> from cradle_pyro.config import ModelConfig
     >>> model = CradleModel(30, 4, 1, ModelConfig(model="cpa"))
-    >>> guide = CombinedGuide(AutoNormal(poutine.block(model, expose=["effect"])),
+    >>> guide = CombinedGuide(AutoNormal(poutine.block(model, expose=["effect", "gene_effect"])),
     ...                       BasalGuide(model))
 
     With a mask (``cradle``, ``sams``): ``CombinedGuide(AutoNormal(poutine.block(model,
-    expose=["effect", "artifact_effect"])), MaskGuide(model), BasalGuide(model))``.
+    expose=["effect", "gene_effect", "artifact_effect"])), MaskGuide(model), BasalGuide(model))``.
     """
 
     def __init__(self, *parts):

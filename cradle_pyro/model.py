@@ -13,7 +13,7 @@ site                 shape   plate          role
                                             perturbation on its own target gene,
                                             when the target is a measured gene
 ``gene_effect``      P × G   perturbations  direct sparse log-fold effect of a
-                                            perturbation on every gene (optional)
+                                            perturbation on every gene (``gene_effects``)
 ``dosage``           n × P   cells          treatment received (observed, intervenable)
 ``artifact``         n × A   cells          artifact state (observed, or latent with
                                             its QC evidence: :mod:`.artifact_state`)
@@ -26,7 +26,7 @@ site                 shape   plate          role
 
     z_n      = combine(basal_n, dosage_n @ (effect * mask), artifact_n @ artifact_effect)
     logits_n = decoder(z_n) + Σ_p dosage_np · target_effect_p · onehot(target gene of p)
-                            + Σ_p dosage_np · gene_effect_p                 (optional)
+                            + Σ_p dosage_np · gene_effect_p
     counts_n ~ NB(mean = library_n * softmax(logits_n), dispersion)
 
 The ``target_effect`` path exists because a CRISPRi/CRISPRa guide acts first
@@ -40,7 +40,7 @@ Example
 >>> model = CradleModel(n_genes=30, n_perturbations=4, n_artifacts=1)
 >>> tr = poutine.trace(model).get_trace(n_cells=5)
 >>> [n for n in tr.stochastic_nodes if n not in ("perturbations", "artifact_kinds", "cells")]
-['effect', 'mask', 'artifact_effect', 'dosage', 'artifact', 'basal', 'library', 'counts']
+['effect', 'mask', 'gene_effect', 'artifact_effect', 'dosage', 'artifact', 'basal', 'library', 'counts']
 >>> tuple(tr.nodes["counts"]["value"].shape)
 (5, 30)
 """

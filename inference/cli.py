@@ -105,12 +105,12 @@ TRAIN_OPTIONS = {
                             "perturbation's own target gene (natural log)"),
     "target_effects": ("model", bool, True, "direct effect of a perturbation on its own target "
                        "gene when the target is measured (--no-target-effects: off)"),
-    "gene_effects": ("model", bool, False, "a direct, sparse effect of each perturbation on "
-                     "every gene beside its latent effect (--gene-effects: on)"),
-    "gene_effect_prior": ("model", str, "laplace-learnt-scale", "prior of the direct per-gene "
+    "gene_effects": ("model", bool, True, "a direct, sparse effect of each perturbation on "
+                     "every gene beside its latent effect (--no-gene-effects: off)"),
+    "gene_effect_prior": ("model", str, "laplace", "prior of the direct per-gene "
                           "effects: laplace, normal or student-t, each also as *-learnt-scale "
                           "(a scale per perturbation learnt with the model)"),
-    "gene_effect_scale": ("model", float, 0.3, "prior scale of the direct per-gene effects "
+    "gene_effect_scale": ("model", float, 1.0, "prior scale of the direct per-gene effects "
                           "(natural log; the starting scale when learnt)"),
     "artifact_state": ("model", str, "observed", "observed (the QC flags are the artifact "
                        "state) or latent (flags and QC covariates are evidence about it; "

@@ -28,11 +28,13 @@ def test_gene_effect_site_shapes_and_guide_agreement():
     gtr = poutine.trace(CorrelatedGuide(model)).get_trace(
         counts=x, dosage=torch.zeros(5, 4), artifact=torch.zeros(5, 1), library=x.sum(1))
     assert tuple(gtr.nodes["gene_effect"]["value"].shape) == (4, 30)
-    off = CradleModel(n_genes=30, n_perturbations=4, n_artifacts=1)
+    off = CradleModel(n_genes=30, n_perturbations=4, n_artifacts=1,
+                      config=ModelConfig(gene_effects=False))
     assert "gene_effect" not in poutine.trace(off).get_trace(n_cells=5).nodes
-    # default prior: Laplace with one learnt scale per perturbation, starting at gene_effect_scale
+    # a learnt prior: Laplace with one scale per perturbation, starting at gene_effect_scale
     learnt = CradleModel(n_genes=30, n_perturbations=4, n_artifacts=1,
-                         config=ModelConfig(gene_effects=True))
+                         config=ModelConfig(gene_effects=True, gene_effect_prior="laplace-learnt-scale",
+                                            gene_effect_scale=0.3))
     scale = poutine.trace(learnt).get_trace(n_cells=5).nodes["gene_effect"]["fn"].base_dist.scale
     assert tuple(learnt.gene_effect_log_scale.shape) == (4, 1)
     assert torch.allclose(scale, torch.tensor(0.3)) and scale.requires_grad
@@ -92,7 +94,7 @@ def test_direct_effects_are_recovered_where_the_latent_alone_shrinks_them(direct
             hit = truth["direct_effect"] != 0
             # the guide finds the hit genes: its effects there follow the truth and dwarf the rest
             assert np.corrcoef(loc[rows][hit], truth["direct_effect"][hit])[0, 1] > 0.8
-            assert np.abs(loc[rows][hit]).mean() > 4 * np.abs(loc[rows][~hit]).mean()
+            assert np.abs(loc[rows][hit]).mean() > 3 * np.abs(loc[rows][~hit]).mean()
     print(f"slope on directly hit genes: latent only {slopes[False]:.2f}, with gene effects "
           f"{slopes[True]:.2f}")
     assert slopes[True] > 0.5 and slopes[True] > slopes[False] + 0.1

@@ -10,11 +10,12 @@ from cradle_pyro.distributions import BernoulliStraightThrough
 from cradle_pyro.config import MODELS
 
 SITES = {
-    "cradle": ["effect", "mask", "artifact_effect", "dosage", "artifact", "basal", "counts"],
-    "sams": ["effect", "mask", "dosage", "artifact", "basal", "counts"],
-    "cpa": ["effect", "dosage", "artifact", "basal", "counts"],
+    "cradle": ["effect", "mask", "gene_effect", "artifact_effect", "dosage", "artifact", "basal",
+               "counts"],
+    "sams": ["effect", "mask", "gene_effect", "dosage", "artifact", "basal", "counts"],
+    "cpa": ["effect", "gene_effect", "dosage", "artifact", "basal", "counts"],
     "cvae": ["dosage", "artifact", "basal", "counts"],
-    "svae+": ["mask_rate", "effect", "mask", "dosage", "artifact", "basal", "counts"],
+    "svae+": ["mask_rate", "effect", "mask", "gene_effect", "dosage", "artifact", "basal", "counts"],
 }
 
 
@@ -29,7 +30,8 @@ def test_sites_names_and_shapes(kind):
         [k for k, v in tr.nodes.items() if v["type"] == "sample" and k not in ("cells", "perturbations", "artifact_kinds")] == SITES[kind]
     shapes = {k: tuple(v["value"].shape) for k, v in tr.nodes.items() if v["type"] == "sample"}
     expect = {"effect": (P, d), "mask": (P, d), "artifact_effect": (A, d), "dosage": (n, P),
-              "artifact": (n, A), "basal": (n, d), "counts": (n, G), "mask_rate": (d,)}
+              "artifact": (n, A), "basal": (n, d), "counts": (n, G), "mask_rate": (d,),
+              "gene_effect": (P, G)}
     for site in SITES[kind]:
         assert shapes[site] == expect[site], site
     assert tr.nodes["counts"]["is_observed"] and tr.nodes["dosage"]["is_observed"]
