@@ -70,11 +70,11 @@ def validation_scores(run, data, seed) -> dict:
             "val_conditions": len(val.conditions)}
 
 
-def norman_seed(adata, seed, model, scale) -> dict:
+def norman_seed(adata, seed, model, scale, epochs=100) -> dict:
     data = PerturbationData.from_anndata(adata, "perturbation", "control",
                                          split="unseen-combinations", heldout_fraction=1.0, seed=seed)
     t0 = time.time()
-    run = fit(data, TrainConfig(seed=seed, progress=False), model_config(model, scale))
+    run = fit(data, TrainConfig(seed=seed, progress=False, epochs=epochs), model_config(model, scale))
     out = {"train_seconds": round(time.time() - t0, 1), **validation_scores(run, data, seed)}
     test = sorted(set(np.asarray(data.conditions)[data.split == "test"]))
     singles = [c for c in data.condition_names if c != data.control_label and data.separator not in c]
@@ -126,13 +126,14 @@ def main():
     ap.add_argument("--model", default="cradle")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tag", default="")
+    ap.add_argument("--epochs", type=int, default=100, help="Norman only")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     adata = ad.read_h5ad(NORMAN) if args.screen == "norman" else None
     results = {}
     for scale in args.scales.split(","):
         for seed in [int(s) for s in args.seeds.split(",")]:
-            res = (norman_seed(adata, seed, args.model, scale) if adata is not None
+            res = (norman_seed(adata, seed, args.model, scale, args.epochs) if adata is not None
                    else simulator_seed(seed, args.model, scale, args.screen))
             results.setdefault(scale, {})[seed] = res
             print(args.screen, args.model, scale, seed,
@@ -143,7 +144,8 @@ def main():
                for s, per in results.items()}
     path = RESULTS / f"gene_effects_{args.screen}_{args.model}{args.tag}.json"
     path.write_text(json.dumps({"settings": "cradle-pyro train defaults except gene_effects / "
-                                "gene_effect_scale; seed varies", "model": args.model,
+                                f"gene_effect_scale; epochs {args.epochs}; seed varies",
+                                "model": args.model,
                                 "mean_sd": summary, "per_seed": results}, indent=2))
     print(json.dumps(summary, indent=1))
 
