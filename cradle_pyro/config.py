@@ -213,6 +213,8 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         d = dict(d)
+        # runs saved before the direct per-gene path existed were trained without it
+        d.setdefault("gene_effects", False)
         d["mask_beta"] = tuple(d.get("mask_beta", (1.0, 9.0)))
         for name in ("flag_sensitivity_prior", "flag_specificity_prior", "artifact_causes"):
             if name in d:

@@ -144,3 +144,23 @@ def test_priors_given_as_objects_are_refused_on_save_with_the_fix(trained, tmp_p
     with pytest.raises(CradleInputError, match="cannot be saved in a run folder"):
         save_run(custom, tmp_path / "custom")
     assert not (tmp_path / "custom").exists()
+
+
+def test_a_run_saved_before_the_direct_gene_path_existed_loads_without_it(trained, tmp_path):
+    """Older run folders have no ``gene_effects`` in their config: they were trained without it."""
+    import shutil
+
+    from cradle_pyro import ModelConfig
+
+    root, path, _ = trained
+    run = train_from_file(path, TrainConfig(epochs=1, progress=False, num_particles=1),
+                          ModelConfig(gene_effects=False), doublets=False)
+    old = save_run(run, tmp_path / "old")
+    config = json.loads((old / "config.json").read_text())
+    for key in ("gene_effects", "gene_effect_prior", "gene_effect_scale"):
+        config["model"].pop(key)
+    (old / "config.json").write_text(json.dumps(config))
+    loaded = load_run(old)
+    assert loaded.model_config.gene_effects is False and not loaded.model.use_gene_effects
+    assert torch.equal(loaded.model.decoder.net[-1].bias, run.model.decoder.net[-1].bias)
+    shutil.rmtree(old)
