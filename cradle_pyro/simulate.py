@@ -215,7 +215,7 @@ def simulate_screen(
         "ate_conditions": np.array(conditions[1:]),
         "doublet_partner": np.stack([doublets, partners], 1),
         "target_gene": np.array(singles if knockdown is not None else []),
-        "knockdown": cis - design.direct,
+        "knockdown": cis,
         "direct_effect": design.direct,
         "seed": seed,
     }
@@ -259,10 +259,6 @@ def _screen_design(rng, n_genes, n_singles, n_combinations, n_interacting, laten
     conditions = ["control"] + singles + [f"{singles[a]}+{singles[b]}" for a, b in pairs]
     latent_effect = np.zeros((len(conditions), latent_dim))
     latent_effect[1:1 + n_singles] = single_effect
-    condition_cis = np.zeros((len(conditions), n_genes))
-    condition_cis[1:1 + n_singles] = cis
-    for j, (a, b) in enumerate(pairs):
-        condition_cis[1 + n_singles + j] = cis[a] + cis[b]
     interacting = []
     for j, (a, b) in enumerate(pairs):
         row = 1 + n_singles + j
@@ -279,10 +275,12 @@ def _screen_design(rng, n_genes, n_singles, n_combinations, n_interacting, laten
             genes_i = rng.choice(candidates, size=direct_genes, replace=False)
             direct[i, genes_i] = (rng.choice([-1, 1], direct_genes)
                                   * rng.uniform(0.5, 1.5, direct_genes) * direct_scale)
-        cis = cis + direct
-        condition_cis[1:1 + n_singles] = cis
-        for j, (a, b) in enumerate(pairs):
-            condition_cis[1 + n_singles + j] = cis[a] + cis[b]
+    # gene-level effects (knockdown and direct) of each condition: combinations add their singles'
+    single_genes = cis + direct
+    condition_cis = np.zeros((len(conditions), n_genes))
+    condition_cis[1:1 + n_singles] = single_genes
+    for j, (a, b) in enumerate(pairs):
+        condition_cis[1 + n_singles + j] = single_genes[a] + single_genes[b]
 
     return SimpleNamespace(
         genes=genes, is_mt=is_mt, is_ribo=is_ribo, is_hb=is_hb, baseline=baseline,
