@@ -45,19 +45,19 @@ SCREENS = {"simulator": {}, "crispri": {"knockdown": -2.0},
            "direct": {"direct_genes": 10, "direct_scale": 0.7}}
 
 
-def model_config(model: str, scale: str) -> ModelConfig:
+def model_config(model: str, scale: str, **extra) -> ModelConfig:
     """``off``; ``learnt`` (Laplace, a scale per perturbation learnt from 0.3); a prior name
     (its scale learnt); or a fixed Laplace scale (the default prior is Laplace, 1.0)."""
     if scale == "off":
-        return ModelConfig(model=model, gene_effects=False)
+        return ModelConfig(model=model, gene_effects=False, **extra)
     if scale == "learnt":
         return ModelConfig(model=model, gene_effects=True, gene_effect_prior="laplace-learnt-scale",
-                           gene_effect_scale=0.3)
+                           gene_effect_scale=0.3, **extra)
     if not scale[0].isdigit():  # a prior name, e.g. student-t-learnt-scale
         return ModelConfig(model=model, gene_effects=True, gene_effect_prior=scale,
-                           gene_effect_scale=0.3)
+                           gene_effect_scale=0.3, **extra)
     return ModelConfig(model=model, gene_effects=True, gene_effect_prior="laplace",
-                       gene_effect_scale=float(scale))
+                       gene_effect_scale=float(scale), **extra)
 
 
 def validation_scores(run, data, seed) -> dict:
@@ -70,11 +70,12 @@ def validation_scores(run, data, seed) -> dict:
             "val_conditions": len(val.conditions)}
 
 
-def norman_seed(adata, seed, model, scale, epochs=100) -> dict:
+def norman_seed(adata, seed, model, scale, epochs=100, extra=None) -> dict:
     data = PerturbationData.from_anndata(adata, "perturbation", "control",
                                          split="unseen-combinations", heldout_fraction=1.0, seed=seed)
     t0 = time.time()
-    run = fit(data, TrainConfig(seed=seed, progress=False, epochs=epochs), model_config(model, scale))
+    run = fit(data, TrainConfig(seed=seed, progress=False, epochs=epochs),
+              model_config(model, scale, **(extra or {})))
     out = {"train_seconds": round(time.time() - t0, 1), **validation_scores(run, data, seed)}
     test = sorted(set(np.asarray(data.conditions)[data.split == "test"]))
     singles = [c for c in data.condition_names if c != data.control_label and data.separator not in c]
@@ -127,13 +128,15 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tag", default="")
     ap.add_argument("--epochs", type=int, default=100, help="Norman only")
+    ap.add_argument("--model-kw", default="{}", help="Norman only: other ModelConfig fields, JSON")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     adata = ad.read_h5ad(NORMAN) if args.screen == "norman" else None
     results = {}
     for scale in args.scales.split(","):
         for seed in [int(s) for s in args.seeds.split(",")]:
-            res = (norman_seed(adata, seed, args.model, scale, args.epochs) if adata is not None
+            res = (norman_seed(adata, seed, args.model, scale, args.epochs, json.loads(args.model_kw))
+                   if adata is not None
                    else simulator_seed(seed, args.model, scale, args.screen))
             results.setdefault(scale, {})[seed] = res
             print(args.screen, args.model, scale, seed,
@@ -144,7 +147,8 @@ def main():
                for s, per in results.items()}
     path = RESULTS / f"gene_effects_{args.screen}_{args.model}{args.tag}.json"
     path.write_text(json.dumps({"settings": "cradle-pyro train defaults except gene_effects / "
-                                f"gene_effect_scale; epochs {args.epochs}; seed varies",
+                                f"gene_effect_scale; epochs {args.epochs}; model {args.model_kw}; "
+                                "seed varies",
                                 "model": args.model,
                                 "mean_sd": summary, "per_seed": results}, indent=2))
     print(json.dumps(summary, indent=1))
