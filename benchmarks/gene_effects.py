@@ -46,16 +46,18 @@ SCREENS = {"simulator": {}, "crispri": {"knockdown": -2.0},
 
 
 def model_config(model: str, scale: str, **extra) -> ModelConfig:
-    """``off``; ``learnt`` (Laplace, a scale per perturbation learnt from 0.3); a prior name
-    (its scale learnt); or a fixed Laplace scale (the default prior is Laplace, 1.0)."""
+    """``off``; ``learnt`` (Laplace, a scale per perturbation learnt from 0.3); a prior name,
+    optionally ``name:scale`` (scale 0.3 otherwise; learnt for ``*-learnt-scale``); or a fixed
+    Laplace scale (the default prior is Laplace, 1.0)."""
     if scale == "off":
         return ModelConfig(model=model, gene_effects=False, **extra)
     if scale == "learnt":
         return ModelConfig(model=model, gene_effects=True, gene_effect_prior="laplace-learnt-scale",
                            gene_effect_scale=0.3, **extra)
-    if not scale[0].isdigit():  # a prior name, e.g. student-t-learnt-scale
-        return ModelConfig(model=model, gene_effects=True, gene_effect_prior=scale,
-                           gene_effect_scale=0.3, **extra)
+    if not scale[0].isdigit():  # a prior name (e.g. student-t-learnt-scale), or name:scale
+        name, _, value = scale.partition(":")
+        return ModelConfig(model=model, gene_effects=True, gene_effect_prior=name,
+                           gene_effect_scale=float(value or 0.3), **extra)
     return ModelConfig(model=model, gene_effects=True, gene_effect_prior="laplace",
                        gene_effect_scale=float(scale), **extra)
 
