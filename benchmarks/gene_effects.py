@@ -26,13 +26,12 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
-import pandas as pd
 import torch
 
 from cradle_pyro import ModelConfig, PerturbationData, simulate_screen
 from inference import TrainConfig, fit
 from inference.effects import model_ate, posterior_ate
-from inference.scoring import effect_slope, score_ates, summarise_scores
+from inference.scoring import effect_slope, held_out_conditions, score_ates, summarise_scores
 from inference.selection import ValidationEffects
 from simulator_effects import recovery, truth_table
 
@@ -65,8 +64,7 @@ def model_config(model: str, scale: str, **extra) -> ModelConfig:
 def validation_scores(run, data, seed) -> dict:
     """Seen conditions' validation cells: ATE mean squared error and Pearson r (all genes)."""
     val = ValidationEffects(data, num_draws=20, n_cells=200, seed=seed)
-    pred = model_ate(run.model, run.guide, data, val.conditions, num_draws=20, n_cells=200,
-                     seed=seed).to_numpy()
+    pred = val.predictions(run.model, run.guide)  # the selection criterion's own model ATEs
     r = np.mean([np.corrcoef(a, b)[0, 1] for a, b in zip(pred, val.observed)])
     return {"val_ate_mse": float(((pred - val.observed) ** 2).mean()), "val_ate_r": float(r),
             "val_conditions": len(val.conditions)}
@@ -79,7 +77,7 @@ def norman_seed(adata, seed, model, scale, epochs=100, extra=None) -> dict:
     run = fit(data, TrainConfig(seed=seed, progress=False, epochs=epochs),
               model_config(model, scale, **(extra or {})))
     out = {"train_seconds": round(time.time() - t0, 1), **validation_scores(run, data, seed)}
-    test = sorted(set(np.asarray(data.conditions)[data.split == "test"]))
+    test = held_out_conditions(data)
     singles = [c for c in data.condition_names if c != data.control_label and data.separator not in c]
     ate = model_ate(run.model, run.guide, data, test + singles, seed=seed)
     held = summarise_scores(score_ates({"model": ate.loc[test]}, data, test, seed=seed))

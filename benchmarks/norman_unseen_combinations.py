@@ -27,7 +27,6 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
-import pandas as pd
 import torch
 
 from cradle_pyro import ModelConfig, PerturbationData

@@ -14,13 +14,12 @@ import json
 from pathlib import Path
 
 import anndata as ad
-import numpy as np
 import torch
 
 from cradle_pyro import ModelConfig, PerturbationData
 from inference import TrainConfig, fit
 from inference.effects import model_ate
-from inference.scoring import score_ates, summarise_scores
+from inference.scoring import held_out_conditions, score_ates, summarise_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 NORMAN = ROOT.parent / "shared" / "data" / "norman2019_k562_crispra_subset.h5ad"
@@ -32,7 +31,7 @@ def main():
     data = PerturbationData.from_anndata(ad.read_h5ad(NORMAN), "perturbation", "control",
                                          split="unseen-combinations", heldout_fraction=1.0, seed=0)
     run = fit(data, TrainConfig(seed=0, progress=False), ModelConfig())
-    test = sorted(set(np.asarray(data.conditions)[data.split == "test"]))
+    test = held_out_conditions(data)
     out = {"what": "Norman, all eligible combinations held out, one trained cradle (seed 0, "
                    "defaults, direct per-gene path on); model_ate recomputed with posterior seeds "
                    "0-3; scored with score_ates (seed 0)", "num_draws x n_cells": {}}

@@ -52,7 +52,6 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule, PyroParam
-from torch.distributions import constraints
 
 from .artifact_state import ArtifactEvidence
 from .config import ModelConfig

@@ -139,7 +139,7 @@ def simulate_screen(
     baseline, decoder, dispersion = design.baseline, design.decoder, design.dispersion
     latent_effect, condition_cis, interacting = (design.latent_effect, design.condition_cis,
                                                  design.interacting)
-    singles, cis, pairs = design.singles, design.cis, design.pairs
+    singles, cis = design.singles, design.cis
 
     n_control = int(round(control_fraction * n_cells))
     rest = rng.integers(1, len(conditions), n_cells - n_control)
@@ -284,6 +284,6 @@ def _screen_design(rng, n_genes, n_singles, n_combinations, n_interacting, laten
 
     return SimpleNamespace(
         genes=genes, is_mt=is_mt, is_ribo=is_ribo, is_hb=is_hb, baseline=baseline,
-        decoder=decoder, dispersion=dispersion, singles=singles, cis=cis, pairs=pairs,
+        decoder=decoder, dispersion=dispersion, singles=singles, cis=cis,
         conditions=conditions, latent_effect=latent_effect, condition_cis=condition_cis,
         interacting=interacting, direct=direct)

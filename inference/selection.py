@@ -66,13 +66,16 @@ class ValidationEffects:
     def __bool__(self):
         return len(self.conditions) > 0
 
-    def error(self, model, guide) -> float:
-        """Mean squared difference between model and validation ATEs."""
+    def predictions(self, model, guide) -> np.ndarray:
+        """The model's ATEs of :attr:`conditions` (rows aligned with :attr:`observed`)."""
         kw = dict(num_draws=self.num_draws, n_cells=self.n_cells, seed=self.seed)
         base = condition_draws(model, guide, self.data, self.data.control_label, **kw).mean(0)
-        pred = np.stack([condition_draws(model, guide, self.data, c, **kw).mean(0) - base
+        return np.stack([condition_draws(model, guide, self.data, c, **kw).mean(0) - base
                          for c in self.conditions])
-        return float(((pred - self.observed) ** 2).mean())
+
+    def error(self, model, guide) -> float:
+        """Mean squared difference between model and validation ATEs."""
+        return float(((self.predictions(model, guide) - self.observed) ** 2).mean())
 
 
 def validation_ate_error(model, guide, data, **kwargs) -> float:
