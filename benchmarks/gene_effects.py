@@ -70,11 +70,11 @@ def validation_scores(run, data, seed) -> dict:
             "val_conditions": len(val.conditions)}
 
 
-def norman_seed(adata, seed, model, scale, epochs=100, extra=None) -> dict:
+def norman_seed(adata, seed, model, scale, epochs=100, extra=None, train=None) -> dict:
     data = PerturbationData.from_anndata(adata, "perturbation", "control",
                                          split="unseen-combinations", heldout_fraction=1.0, seed=seed)
     t0 = time.time()
-    run = fit(data, TrainConfig(seed=seed, progress=False, epochs=epochs),
+    run = fit(data, TrainConfig(seed=seed, progress=False, epochs=epochs, **(train or {})),
               model_config(model, scale, **(extra or {})))
     out = {"train_seconds": round(time.time() - t0, 1), **validation_scores(run, data, seed)}
     test = held_out_conditions(data)
@@ -94,14 +94,14 @@ def norman_seed(adata, seed, model, scale, epochs=100, extra=None) -> dict:
     return out
 
 
-def simulator_seed(seed, model, scale, screen) -> dict:
+def simulator_seed(seed, model, scale, screen, train=None) -> dict:
     """The simulator at 3,000 × 500: default, CRISPRi-like, or with direct effects: truth known."""
     kw = dict(n_cells=3000, n_genes=500) | SCREENS[screen]
     adata = simulate_screen(seed=seed, **kw)
     truth = truth_table(adata)
     data = PerturbationData.from_anndata(adata, doublets=False, seed=seed)
     t0 = time.time()
-    run = fit(data, TrainConfig(seed=seed, progress=False), model_config(model, scale))
+    run = fit(data, TrainConfig(seed=seed, progress=False, **(train or {})), model_config(model, scale))
     post = posterior_ate(run.model, run.guide, data, list(truth.index), num_draws=100, n_cells=200,
                          seed=seed)
     out = {"train_seconds": round(time.time() - t0, 1), **recovery(post, truth)}
@@ -129,15 +129,17 @@ def main():
     ap.add_argument("--tag", default="")
     ap.add_argument("--epochs", type=int, default=100, help="Norman only")
     ap.add_argument("--model-kw", default="{}", help="Norman only: other ModelConfig fields, JSON")
+    ap.add_argument("--train-kw", default="{}", help="other TrainConfig fields, JSON")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     adata = ad.read_h5ad(NORMAN) if args.screen == "norman" else None
     results = {}
     for scale in args.scales.split(","):
         for seed in [int(s) for s in args.seeds.split(",")]:
-            res = (norman_seed(adata, seed, args.model, scale, args.epochs, json.loads(args.model_kw))
+            train = json.loads(args.train_kw)
+            res = (norman_seed(adata, seed, args.model, scale, args.epochs, json.loads(args.model_kw), train)
                    if adata is not None
-                   else simulator_seed(seed, args.model, scale, args.screen))
+                   else simulator_seed(seed, args.model, scale, args.screen, train))
             results.setdefault(scale, {})[seed] = res
             print(args.screen, args.model, scale, seed,
                   json.dumps({k: round(v, 3) for k, v in res.items() if isinstance(v, float)}), flush=True)
@@ -148,6 +150,7 @@ def main():
     path = RESULTS / f"gene_effects_{args.screen}_{args.model}{args.tag}.json"
     path.write_text(json.dumps({"settings": "cradle-pyro train defaults except gene_effects / "
                                 f"gene_effect_scale; epochs {args.epochs}; model {args.model_kw}; "
+                                f"training {args.train_kw}; "
                                 "seed varies",
                                 "model": args.model,
                                 "mean_sd": summary, "per_seed": results}, indent=2))

@@ -58,7 +58,9 @@ def recovery(post: PosteriorATE, truth: pd.DataFrame) -> dict:
         t = truth.loc[post.perturbations].to_numpy()
         coverage[str(mass)] = float(((lo <= t) & (t <= up)).mean())
     post.interval = 0.9
+    err = mean.loc[post.perturbations].to_numpy() - truth.loc[post.perturbations].to_numpy()
     return {"ate_r_mean": float(np.mean(rs)), "ate_r_min": float(np.min(rs)),
+            "ate_rmse": float(np.sqrt((err ** 2).mean())),
             "slope_all": float(np.mean(slopes)), "slope_top20": float(np.mean(slopes_top)),
             "coverage": coverage}
 

@@ -84,3 +84,27 @@ def test_iwelbo_is_finite_and_at_least_the_single_sample_bound(tiny):
     k50 = iwelbo(model, guide, tiny, split="train", num_particles=50)
     assert k50.shape == (tiny.n_cells,) and np.isfinite(k50).all()
     assert k50.mean() > k1.mean()
+
+
+def test_independence_penalty_is_the_group_means_negative_log_density(tiny):
+    """λ · Σ_g (N/B) · n_g · ½‖mean of q(basal) locations in g‖², groups = (dosage, artifact)."""
+    from inference.objective import _location
+
+    pyro.set_rng_seed(0)
+    model = CradleModel.from_data(tiny, ModelConfig(latent_dim=4, hidden_dim=16))
+    guide = CorrelatedGuide(model, tiny.gene_mean, tiny.gene_std)
+    batch = tiny.batch(np.arange(40), num_cells=tiny.n_cells)
+    kw = batch.model_kwargs()
+    trace = poutine.trace(guide).get_trace(**kw)
+    objective = CradleELBO(independence=3.0).for_data(tiny)
+    value = float(objective.basal_leakage(trace, kw))
+    loc = _location(trace.nodes["basal"]["fn"]).reshape(40, -1).detach().numpy()
+    keys = [tuple(r) for r in np.concatenate([batch.dosage.numpy(), batch.artifact.numpy()], 1)]
+    expected = 0.0
+    for key in set(keys):
+        rows = loc[[k == key for k in keys]]
+        expected += len(rows) * 0.5 * (rows.mean(0) ** 2).sum()
+    assert len(set(keys)) > 3  # several treatment groups in the batch
+    assert value == pytest.approx(tiny.n_cells / 40 * expected, rel=1e-5)
+    # the loss carries it with weight λ; λ = 0 leaves the ELBO alone
+    assert float(CradleELBO(independence=0.0).basal_leakage(trace, kw)) == 0.0
