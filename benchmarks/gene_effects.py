@@ -133,10 +133,9 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     adata = ad.read_h5ad(NORMAN) if args.screen == "norman" else None
-    results = {}
+    results, train = {}, json.loads(args.train_kw)
     for scale in args.scales.split(","):
         for seed in [int(s) for s in args.seeds.split(",")]:
-            train = json.loads(args.train_kw)
             res = (norman_seed(adata, seed, args.model, scale, args.epochs, json.loads(args.model_kw), train)
                    if adata is not None
                    else simulator_seed(seed, args.model, scale, args.screen, train))
