@@ -51,14 +51,14 @@ def recovery(post: PosteriorATE, truth: pd.DataFrame) -> dict:
         rs.append(np.corrcoef(t, p)[0, 1])
         slopes.append(np.polyfit(t, p, 1)[0])
         slopes_top.append(np.polyfit(t[top], p[top], 1)[0])
+    t = truth.loc[post.perturbations].to_numpy()
     coverage = {}
     for mass in MASSES:
         post.interval = mass
         lo, up = post.lower.to_numpy(), post.upper.to_numpy()
-        t = truth.loc[post.perturbations].to_numpy()
         coverage[str(mass)] = float(((lo <= t) & (t <= up)).mean())
     post.interval = 0.9
-    err = mean.loc[post.perturbations].to_numpy() - truth.loc[post.perturbations].to_numpy()
+    err = mean.loc[post.perturbations].to_numpy() - t
     return {"ate_r_mean": float(np.mean(rs)), "ate_r_min": float(np.min(rs)),
             "ate_rmse": float(np.sqrt((err ** 2).mean())),
             "slope_all": float(np.mean(slopes)), "slope_top20": float(np.mean(slopes_top)),
