@@ -91,8 +91,9 @@ TRAIN_OPTIONS = {
     "select": ("train", str, "last", "which state to keep: last (the final epoch), ate "
                "(validation ATE error on seen conditions) or elbo (validation -ELBO)"),
     "warmup": ("train", int, 0, "epochs before any state is kept or patience counts"),
-    "independence": ("train", float, 3.0, "weight λ of the basal-leakage penalty (the basal "
-                     "state's mean per treatment group pulled to the prior's; 0 = off)"),
+    "independence": ("train", float, 3.0, "weight λ of the basal-leakage penalty (each "
+                     "treatment group's mean basal state, over recent batches, pulled to the "
+                     "prior's; 0 = off)"),
     "alignment_weighting": ("train", str, "per-cell", "per-cell or published (beta times the "
                             "batch size, the published CRADLE loss)"),
     "weight_decay": ("train", float, 1e-5, "AdamW weight decay"),

@@ -56,6 +56,8 @@ from pyro.poutine.messenger import Messenger
 
 from cradle_pyro.guides import basal_posterior_of
 
+from .group_means import RunningGroupMeans
+
 PARTICLE_DIM = -2
 ALIGNMENT_WEIGHTINGS = ("per-cell", "published")
 PERTURBATION_SITES = ("effect", "mask")
@@ -127,6 +129,7 @@ class CradleELBO:
         self.perturbation_counts = None
         self.artifact_counts = None
         self.artifact_share = None
+        self.group_means = RunningGroupMeans()  # for basal_leakage
         self.last_terms: dict = {}
         self._checked: set = set()  # guides whose sites were checked against the model
 
@@ -136,6 +139,7 @@ class CradleELBO:
         self.artifact_counts = torch.as_tensor(data.artifact_cell_counts(split))
         idx = data.indices(split)
         self.artifact_share = float(data.artifact[idx].max(1).mean()) if data.n_artifacts else 0.0
+        self.group_means.reset()
         return self
 
     # ------------------------------------------------------------ weights
@@ -205,28 +209,33 @@ class CradleELBO:
         return loss
 
     def basal_leakage(self, guide_trace, kwargs):
-        """Σ_groups (N/B) · n_g · ½‖mean of q(basal) locations in g‖², averaged over particles.
+        """The full-data penalty Σ_g N_g · ½‖m_g‖², m_g the mean of q(basal) locations in group g.
 
-        Groups are the batch's cells with the same dosage and artifact state.
-        The basal state is exogenous: its aggregate posterior within any
-        treatment group should be the N(0, I) prior, so a group mean away from
-        0 is part of the treatment left in the basal state (where generation
-        from the prior drops it). This is the first moment of that constraint.
+        Groups are treatment states: cells with the same dosage and artifact
+        state. The basal state is exogenous: its aggregate posterior within
+        any treatment group should be the N(0, I) prior, so a group mean away
+        from 0 is part of the treatment left in the basal state (where
+        generation from the prior drops it). This is the first moment of that
+        constraint.
+
+        The group means come from :class:`~inference.group_means.RunningGroupMeans`
+        (recent batches, detached), not from the batch alone: a batch holds
+        one or two cells of most groups, and a batch mean would pull each such
+        cell's own location towards 0. The returned surrogate
+        ``(N/B) Σ_n m̂_g(n) · (loc_n − ½ m̂_g(n))`` has the full-data penalty's
+        gradient (m_g for each cell of g) and, summed over an epoch's
+        batches, its value.
         """
         site = guide_trace.nodes.get("basal")
         if self.independence == 0 or site is None:
             return torch.zeros((), device=kwargs["counts"].device)
         loc = _location(site["fn"])
+        batch = kwargs["counts"].shape[-2]
+        loc = loc.reshape(-1, batch, loc.shape[-1])  # (particles or 1, B, d)
         treatment = torch.cat([kwargs["dosage"]] + ([kwargs["artifact"]] if kwargs.get("artifact")
                                                     is not None else []), -1)
-        _, group = torch.unique(treatment, dim=0, return_inverse=True)
-        n_groups = int(group.max()) + 1
-        sums = torch.zeros(*loc.shape[:-2], n_groups, loc.shape[-1], device=loc.device, dtype=loc.dtype)
-        sums = sums.index_add(-2, group, loc)
-        sizes = torch.bincount(group, minlength=n_groups).to(loc.dtype)
-        # n_g · ½‖sum/n_g‖² = ½‖sum‖² / n_g
-        per_particle = 0.5 * (sums.pow(2).sum(-1) / sizes).sum(-1)
-        batch = kwargs["counts"].shape[-2]
+        group_mean = self.group_means.update(treatment, loc.mean(0))
+        per_particle = (group_mean * (loc - 0.5 * group_mean)).sum((-2, -1))
         factor = (kwargs.get("num_cells") or batch) / batch
         return factor * per_particle.mean()
 

@@ -86,20 +86,26 @@ def test_iwelbo_is_finite_and_at_least_the_single_sample_bound(tiny):
     assert k50.mean() > k1.mean()
 
 
-def test_independence_penalty_is_the_group_means_negative_log_density(tiny):
-    """λ · Σ_g (N/B) · n_g · ½‖mean of q(basal) locations in g‖², groups = (dosage, artifact)."""
+def _leakage_inputs(tiny, rows):
     from inference.objective import _location
 
     pyro.set_rng_seed(0)
     model = CradleModel.from_data(tiny, ModelConfig(latent_dim=4, hidden_dim=16))
     guide = CorrelatedGuide(model, tiny.gene_mean, tiny.gene_std)
-    batch = tiny.batch(np.arange(40), num_cells=tiny.n_cells)
+    batch = tiny.batch(rows, num_cells=tiny.n_cells)
     kw = batch.model_kwargs()
     trace = poutine.trace(guide).get_trace(**kw)
-    objective = CradleELBO(independence=3.0).for_data(tiny)
-    value = float(objective.basal_leakage(trace, kw))
-    loc = _location(trace.nodes["basal"]["fn"]).reshape(40, -1).detach().numpy()
+    loc = _location(trace.nodes["basal"]["fn"])  # the tensor the objective reads
     keys = [tuple(r) for r in np.concatenate([batch.dosage.numpy(), batch.artifact.numpy()], 1)]
+    return trace, kw, loc, keys
+
+
+def test_independence_penalty_is_the_group_means_negative_log_density(tiny):
+    """First batch: (N/B) · Σ_g n_g · ½‖mean of q(basal) locations in g‖², groups = (dosage, artifact)."""
+    trace, kw, loc, keys = _leakage_inputs(tiny, np.arange(40))
+    objective = CradleELBO(independence=3.0).for_data(tiny)
+    value = float(objective.basal_leakage(trace, kw).detach())
+    loc = loc.detach().reshape(40, -1).numpy()
     expected = 0.0
     for key in set(keys):
         rows = loc[[k == key for k in keys]]
@@ -108,3 +114,26 @@ def test_independence_penalty_is_the_group_means_negative_log_density(tiny):
     assert value == pytest.approx(tiny.n_cells / 40 * expected, rel=1e-5)
     # the loss carries it with weight λ; λ = 0 leaves the ELBO alone
     assert float(CradleELBO(independence=0.0).basal_leakage(trace, kw)) == 0.0
+
+
+def test_independence_penalty_pulls_each_cell_by_its_groups_running_mean(tiny):
+    """The gradient for a cell is (N/B) × its group's mean over recent batches, not over this batch
+    alone: a cell alone in its group in this batch is not pulled by its own location."""
+    objective = CradleELBO(independence=1.0).for_data(tiny)
+    first = _leakage_inputs(tiny, np.arange(0, 48))
+    objective.basal_leakage(first[0], first[1])
+    trace, kw, loc, keys = _leakage_inputs(tiny, np.arange(48, 96))
+    loc.retain_grad()
+    objective.basal_leakage(trace, kw).backward()
+    grad, loc = loc.grad.reshape(48, -1), loc.detach().reshape(48, -1)
+    first_loc = first[2].detach().reshape(48, -1)
+    seen = {k: first_loc[[k == j for j in first[3]]] for k in set(first[3])}
+    d = objective.group_means.decay
+    for i, key in enumerate(keys):
+        now = loc[[k == key for k in keys]]
+        old = seen.get(key, now[:0])
+        mean = (d * old.sum(0) + now.sum(0)) / (d * len(old) + len(now))
+        assert torch.allclose(grad[i], tiny.n_cells / 48 * mean, atol=1e-5)
+    singles = [i for i, k in enumerate(keys) if keys.count(k) == 1 and k in seen]
+    assert singles  # some cells are alone in their group in this batch
+    assert not torch.allclose(grad[singles[0]], tiny.n_cells / 48 * loc[singles[0]], atol=1e-3)
