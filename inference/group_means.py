@@ -2,11 +2,11 @@
 
 The basal-leakage penalty (:meth:`inference.objective.CradleELBO.basal_leakage`)
 constrains the *full-data* mean of q(basal) locations within each treatment
-group. A minibatch holds few cells of most groups (on Norman, a batch of 128
-spreads over ~35 conditions and their artifact states, many with one or two
-cells), and a group mean computed inside the batch contains each cell's own
-location with weight 1/n: for a group of one the "mean" is the cell itself,
-and the penalty turns into a pull of that cell's basal location towards 0.
+group. A minibatch holds few cells of many groups (on Norman a batch of 128
+spreads over about 33 groups, a third of them with one or two cells), and a
+group mean computed inside the batch contains each cell's own location with
+weight 1/n: for a group of one the "mean" is the cell itself, and the
+penalty turns into a pull of that cell's basal location towards 0.
 
 :class:`RunningGroupMeans` keeps exponentially decayed sums and counts per
 group over recent batches, so the penalty's gradient for a cell is its

@@ -63,6 +63,21 @@ def qc_pass_rate(thresholds, adata) -> float:
     return float(1 - thresholds.judge(adata)["artifact"].mean())
 
 
+def mean_and_noise_of_mean(total, squares, n):
+    """A group's mean vector and the variance of that mean summed over dimensions (tr Cov / n),
+    from the sum and the sum of squares of its n vectors.
+
+    >>> import numpy as np
+    >>> x = np.array([[0.0, 1.0], [2.0, 3.0]])
+    >>> mean, noise = mean_and_noise_of_mean(x.sum(0), (x ** 2).sum(0), 2)
+    >>> mean.tolist(), float(noise)  # variance 2 per dimension, over n = 2: 1 + 1
+    ([1.0, 2.0], 2.0)
+    """
+    mean = total / n
+    spread = (squares - n * mean ** 2).sum() / max(n - 1, 1)
+    return mean, spread / n
+
+
 @keeps_global_rng
 def basal_leakage(model, guide, data, split=None, batch_size: int = 512, seed: int = 0) -> pd.DataFrame:
     """How much of each condition sits in the basal state, per condition.
@@ -76,8 +91,16 @@ def basal_leakage(model, guide, data, split=None, batch_size: int = 512, seed: i
     condition's cells); a large ratio means part of the perturbation sits in
     the basal state, where generation from the prior drops it.
 
+    The mean of a condition's cells is noisy even without leakage:
+    ``noise_norm`` is the norm that noise alone gives (the root of
+    tr Cov_c / n_c + tr Cov_control / n_control, from the cells' spread), and
+    ``leakage_beyond_noise`` is √max(basal_mean_norm² − noise_norm², 0) over
+    the offset norm: the leakage with the noise of the means removed (the
+    squared shift is unbiased).
+
     Returns a table: ``condition``, ``n_cells``, ``basal_mean_norm`` (of the
-    difference to control), ``offset_norm``, ``leakage`` (their ratio).
+    difference to control), ``offset_norm``, ``leakage`` (their ratio),
+    ``noise_norm``, ``leakage_beyond_noise``.
     """
     import pyro
     import torch
@@ -86,7 +109,7 @@ def basal_leakage(model, guide, data, split=None, batch_size: int = 512, seed: i
     from .objective import _location
 
     pyro.set_rng_seed(seed)
-    sums, counts, offsets = {}, {}, {}
+    sums, squares, counts, offsets = {}, {}, {}, {}
     conds = np.asarray(data.conditions)
     with torch.no_grad():
         gtr = None
@@ -103,15 +126,24 @@ def basal_leakage(model, guide, data, split=None, batch_size: int = 512, seed: i
             off = off.reshape(batch.size, -1).cpu().numpy()
             for i, c in zip(range(batch.size), conds[batch.cell_index.cpu().numpy()]):
                 sums[c] = sums.get(c, 0.0) + loc[i]
+                squares[c] = squares.get(c, 0.0) + loc[i] ** 2
                 counts[c] = counts.get(c, 0) + 1
                 offsets[c] = off[i]
+    def mean_and_noise(c):
+        return mean_and_noise_of_mean(sums[c], squares[c], counts[c])
+
     rows = []
-    control = sums[data.control_label] / counts[data.control_label]
+    control, control_noise = mean_and_noise(data.control_label)
     for c in sums:
         if c == data.control_label:
             continue
-        m = np.linalg.norm(sums[c] / counts[c] - control)
+        mean, noise = mean_and_noise(c)
+        m = np.linalg.norm(mean - control)
+        noise = float(np.sqrt(noise + control_noise))
         o = np.linalg.norm(offsets[c])
+        beyond = np.sqrt(max(m ** 2 - noise ** 2, 0.0))
         rows.append({"condition": c, "n_cells": counts[c], "basal_mean_norm": float(m),
-                     "offset_norm": float(o), "leakage": float(m / o) if o > 0 else float("nan")})
+                     "offset_norm": float(o), "leakage": float(m / o) if o > 0 else float("nan"),
+                     "noise_norm": noise,
+                     "leakage_beyond_noise": float(beyond / o) if o > 0 else float("nan")})
     return pd.DataFrame(rows)
