@@ -332,10 +332,11 @@ def _fit(
 
     has_val = len(data.indices("val")) > 0
     objective, val_objective = objective_for("train"), objective_for("val" if has_val else "train")
-    # one forward pass creates lazily built parameters (autoguides) before the optimiser
+    # one forward pass creates lazily built parameters (autoguides) before the optimiser; its
+    # batch is seeded: the leakage penalty's running group means remember it
     with torch.no_grad():
-        objective(model, guide, **next(data.batches("train", tc.batch_size, device=device))
-                  .model_kwargs())
+        objective(model, guide, **next(data.batches("train", tc.batch_size, seed=tc.seed,
+                                                    device=device)).model_kwargs())
     initial_loss = objective.last_terms["loss"] / len(data.indices("train"))
     optimizer = torch.optim.AdamW(_parameters(model, guide), lr=tc.lr, weight_decay=tc.weight_decay)
     rank, world = _distributed()

@@ -37,9 +37,11 @@ def test_elbo_improves_on_the_simulator(data, guide):
 
 
 def test_same_seed_same_numbers_on_cpu(data):
-    a = fit(data, TrainConfig(epochs=2, seed=4, **FAST), ModelConfig(latent_dim=4, hidden_dim=16))
-    b = fit(data, TrainConfig(epochs=2, seed=4, **FAST), ModelConfig(latent_dim=4, hidden_dim=16))
-    c = fit(data, TrainConfig(epochs=2, seed=5, **FAST), ModelConfig(latent_dim=4, hidden_dim=16))
+    # batches smaller than the training split, so that every batch drawn must be seeded
+    kw = FAST | dict(batch_size=32)
+    a = fit(data, TrainConfig(epochs=2, seed=4, **kw), ModelConfig(latent_dim=4, hidden_dim=16))
+    b = fit(data, TrainConfig(epochs=2, seed=4, **kw), ModelConfig(latent_dim=4, hidden_dim=16))
+    c = fit(data, TrainConfig(epochs=2, seed=5, **kw), ModelConfig(latent_dim=4, hidden_dim=16))
     assert np.array_equal(a.history["loss"].to_numpy(), b.history["loss"].to_numpy())
     assert not np.array_equal(a.history["loss"].to_numpy(), c.history["loss"].to_numpy())
 
