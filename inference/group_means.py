@@ -51,6 +51,13 @@ class RunningGroupMeans:
     def reset(self):
         self.keys = self.sums = self.counts = None
 
+    def state_dict(self) -> dict:
+        """The remembered groups, sums and counts (for checkpoints)."""
+        return {"keys": self.keys, "sums": self.sums, "counts": self.counts}
+
+    def load_state_dict(self, state: dict):
+        self.keys, self.sums, self.counts = state["keys"], state["sums"], state["counts"]
+
     def _group_ids(self, keys: torch.Tensor) -> torch.Tensor:
         """Index of each row's group in the stored table, adding new groups."""
         keys = keys.detach()

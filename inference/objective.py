@@ -142,6 +142,13 @@ class CradleELBO:
         self.group_means.reset()
         return self
 
+    def state_dict(self) -> dict:
+        """What the objective remembers between batches (the leakage penalty's group means)."""
+        return {"group_means": self.group_means.state_dict()}
+
+    def load_state_dict(self, state: dict):
+        self.group_means.load_state_dict(state["group_means"])
+
     # ------------------------------------------------------------ weights
     def site_scales(self, dosage, artifact, num_cells) -> dict:
         """Per-site weights of one batch (see module docstring)."""

@@ -212,15 +212,17 @@ class _Fault(Exception):
     """A numerical fault in one epoch (non-finite loss or gradient, exploding loss)."""
 
 
-def _snapshot(model, guide, optimizer) -> dict:
+def _snapshot(model, guide, optimizer, objective) -> dict:
     return {"model": copy.deepcopy(model.state_dict()), "guide": copy.deepcopy(guide.state_dict()),
-            "optimizer": copy.deepcopy(optimizer.state_dict())}
+            "optimizer": copy.deepcopy(optimizer.state_dict()),
+            "objective": copy.deepcopy(objective.state_dict())}
 
 
-def _restore(snapshot, model, guide, optimizer):
+def _restore(snapshot, model, guide, optimizer, objective):
     model.load_state_dict(snapshot["model"])
     guide.load_state_dict(snapshot["guide"])
     optimizer.load_state_dict(snapshot["optimizer"])
+    objective.load_state_dict(snapshot["objective"])
 
 
 def _train_epoch(objective, model, guide, optimizer, data, tc, epoch, device, rank, world,
@@ -358,6 +360,8 @@ def _fit(
         model.load_state_dict(ck["model"])
         guide.load_state_dict(ck["guide"])
         optimizer.load_state_dict(ck["optimizer"])
+        objective.load_state_dict(ck["objective"])
+        val_objective.load_state_dict(ck["val_objective"])
         _set_rng_state(ck["rng"])
         start, history, best, best_epoch, stale = (ck["epoch"] + 1, ck["history"], ck["best"],
                                                    ck["best_epoch"], ck["stale"])
@@ -372,7 +376,7 @@ def _fit(
     best_train = min([initial_loss] + [h["loss"] for h in history])
     epoch, halvings = start, 0
     while epoch < tc.epochs:
-        snapshot = _snapshot(model, guide, optimizer)
+        snapshot = _snapshot(model, guide, optimizer, objective)
         started = time.perf_counter()
         try:
             totals = _train_epoch(objective, model, guide, optimizer, data, tc, epoch, device,
@@ -383,7 +387,7 @@ def _fit(
                 raise _Fault(f"the loss per cell jumped to {mean_loss:.3g} "
                              f"(reference: {best_train:.3g}, the untrained model or the best epoch)")
         except _Fault as fault:
-            _restore(snapshot, model, guide, optimizer)
+            _restore(snapshot, model, guide, optimizer, objective)
             halvings += 1
             if tc.on_divergence == "stop" or halvings > tc.max_lr_halvings:
                 bar.close()
@@ -428,6 +432,8 @@ def _fit(
         if ckpt_path is not None and rank == 0:
             atomic_save({"model": model.state_dict(), "guide": guide.state_dict(),
                          "optimizer": optimizer.state_dict(), "rng": _rng_state(),
+                         "objective": objective.state_dict(),
+                         "val_objective": val_objective.state_dict(),
                          "epoch": epoch, "history": history, "best": best,
                          "best_epoch": best_epoch, "stale": stale, "best_state": best_state},
                         ckpt_path)
