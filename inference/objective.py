@@ -227,7 +227,7 @@ class CradleELBO:
 
         The group means come from :class:`~inference.group_means.RunningGroupMeans`
         (recent batches, detached), not from the batch alone: a batch holds
-        one or two cells of most groups, and a batch mean would pull each such
+        one or two cells of many groups, and a batch mean would pull each such
         cell's own location towards 0. The returned surrogate
         ``(N/B) Σ_n m̂_g(n) · (loc_n − ½ m̂_g(n))`` has the full-data penalty's
         gradient (m_g for each cell of g) and, summed over an epoch's
