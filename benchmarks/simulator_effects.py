@@ -121,11 +121,12 @@ def _calibration_figure(results, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fig = Figure(figsize=(4.2, 4))
     ax = fig.subplots()
-    for screen, res in results["screens"].items():
-        for kind, per_seed in res["per_seed"].items():
-            for seed, r in per_seed.items():
-                ax.plot([float(m) for m in r["coverage"]], list(r["coverage"].values()), "o-",
-                        alpha=0.6, label=f"{screen} {kind}" if seed == min(per_seed) else None)
+    series = [(screen, kind, per_seed) for screen, res in results["screens"].items()
+              for kind, per_seed in res["per_seed"].items()]
+    for i, (screen, kind, per_seed) in enumerate(series):
+        for j, r in enumerate(per_seed.values()):  # one colour per screen and model, a line per seed
+            ax.plot([float(m) for m in r["coverage"]], list(r["coverage"].values()), "o-",
+                    color=f"C{i}", alpha=0.6, label=f"{screen} {kind}" if j == 0 else None)
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
     ax.set_xlabel("credible interval mass (nominal)")
     ax.set_ylabel("share of true ATEs inside")
