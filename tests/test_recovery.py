@@ -64,11 +64,16 @@ def test_independence_penalty_keeps_the_effect_out_of_the_basal_state(screen, ru
                 ModelConfig(model="cradle", latent_dim=6, hidden_dim=64))
     truth = screen.uns["truth"]
     conds = list(truth["ate_conditions"])
-    leak, err = {}, {}
+    leak, beyond, err = {}, {}, {}
     for name, run in (("penalised", fitted["cradle"]), ("plain", plain)):
-        leak[name] = basal_leakage(run.model, run.guide, data, split="train")["leakage"].median()
+        table = basal_leakage(run.model, run.guide, data, split="train")
+        assert (table["noise_norm"] > 0).all()
+        assert (table["leakage_beyond_noise"] <= table["leakage"] + 1e-9).all()
+        leak[name] = table["leakage"].median()
+        beyond[name] = table["leakage_beyond_noise"].median()
         ate = model_ate(run.model, run.guide, data, conds, num_draws=40, n_cells=100).to_numpy()
         err[name] = np.sqrt(((ate - np.asarray(truth["ate"])) ** 2).mean())
-    print(f"leakage {leak}, ATE error {err}")
+    print(f"leakage {leak}, beyond noise {beyond}, ATE error {err}")
     assert leak["penalised"] < 0.8 * leak["plain"]
+    assert beyond["penalised"] < 0.8 * beyond["plain"]
     assert err["penalised"] < 1.05 * err["plain"]
