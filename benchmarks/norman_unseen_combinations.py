@@ -99,8 +99,8 @@ def main():
     predictors = list(next(iter(per_seed.values()))["summary"])
     mean = {p: {c: _mean_sd([per_seed[s]["summary"][p].get(c) for s in per_seed]) for c in COLUMNS}
             for p in predictors}
-    metrics = {"data": str(NORMAN.name), "settings": "cradle-pyro train defaults" + (f", except {train}" if train else "")
-                                           + "; seed varies",
+    settings = "cradle-pyro train defaults" + (f", except {train}" if train else "") + "; seed varies"
+    metrics = {"data": str(NORMAN.name), "settings": settings,
                "seeds": list(per_seed), "mean_sd_over_seeds": mean, "per_seed": per_seed}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
     (out / "report.md").write_text(markdown(metrics))

@@ -129,17 +129,18 @@ def basal_leakage(model, guide, data, split=None, batch_size: int = 512, seed: i
                 squares[c] = squares.get(c, 0.0) + loc[i] ** 2
                 counts[c] = counts.get(c, 0) + 1
                 offsets[c] = off[i]
-    def mean_and_noise(c):
+
+    def mean_and_variance(c):
         return mean_and_noise_of_mean(sums[c], squares[c], counts[c])
 
     rows = []
-    control, control_noise = mean_and_noise(data.control_label)
+    control, control_variance = mean_and_variance(data.control_label)
     for c in sums:
         if c == data.control_label:
             continue
-        mean, noise = mean_and_noise(c)
+        mean, variance = mean_and_variance(c)
         m = np.linalg.norm(mean - control)
-        noise = float(np.sqrt(noise + control_noise))
+        noise = float(np.sqrt(variance + control_variance))
         o = np.linalg.norm(offsets[c])
         beyond = np.sqrt(max(m ** 2 - noise ** 2, 0.0))
         rows.append({"condition": c, "n_cells": counts[c], "basal_mean_norm": float(m),

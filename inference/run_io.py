@@ -51,7 +51,6 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-import torch
 
 from cradle_pyro.config import ModelConfig
 from cradle_pyro.data import PerturbationData
