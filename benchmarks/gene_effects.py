@@ -31,7 +31,8 @@ import torch
 from cradle_pyro import ModelConfig, PerturbationData, simulate_screen
 from inference import TrainConfig, fit
 from inference.effects import model_ate, posterior_ate
-from inference.scoring import effect_slope, held_out_conditions, score_ates, summarise_scores
+from inference.scoring import (effect_slope, held_out_conditions, score_ates, single_conditions,
+                               summarise_scores)
 from inference.selection import ValidationEffects
 from simulator_effects import recovery, truth_table
 
@@ -78,7 +79,7 @@ def norman_seed(adata, seed, model, scale, epochs=100, extra=None, train=None) -
               model_config(model, scale, **(extra or {})))
     out = {"train_seconds": round(time.time() - t0, 1), **validation_scores(run, data, seed)}
     test = held_out_conditions(data)
-    singles = [c for c in data.condition_names if c != data.control_label and data.separator not in c]
+    singles = single_conditions(data)
     ate = model_ate(run.model, run.guide, data, test + singles, seed=seed)
     held = summarise_scores(score_ates({"model": ate.loc[test]}, data, test, seed=seed))
     seen = summarise_scores(score_ates({"model": ate.loc[singles]}, data, singles, split=None,

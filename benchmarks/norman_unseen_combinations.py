@@ -34,7 +34,7 @@ from inference import TrainConfig, fit
 from inference.effects import model_ate
 from inference.evaluate import evaluate
 from inference.metrics import basal_leakage
-from inference.scoring import effect_slope, score_ates, summarise_scores
+from inference.scoring import effect_slope, score_ates, single_conditions, summarise_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 NORMAN = ROOT.parent / "shared" / "data" / "norman2019_k562_crispra_subset.h5ad"
@@ -43,7 +43,7 @@ COLUMNS = ["pearson_all", "pearson_top", "r2_top", "jaccard_top", "slope_top"]
 
 def seen_singles(data, runs, seed):
     """Slope and r of each model on the seen singles (truth: all their clean cells)."""
-    singles = [c for c in data.condition_names if c != data.control_label and data.separator not in c]
+    singles = single_conditions(data)
     ates = {name: model_ate(run.model, run.guide, data, singles, seed=seed) for name, run in runs.items()}
     summary = summarise_scores(score_ates(ates, data, singles, split=None, additive=False, seed=seed))
     unbiased = effect_slope(ates, data, singles, seed=seed)

@@ -50,6 +50,11 @@ def held_out_conditions(data, split: str = "test") -> list:
             if c != data.control_label and ((data.split == split) & (conds == c)).any()]
 
 
+def single_conditions(data) -> list:
+    """Conditions of one perturbation each (control and combinations excluded)."""
+    return [c for c in data.condition_names if c != data.control_label and data.separator not in c]
+
+
 def clean_cells(data, condition, split=None, exclude_split=None) -> np.ndarray:
     """Indices of clean cells of ``condition`` (optionally in / not in a split)."""
     keep = (np.asarray(data.conditions) == condition) & clean_mask(data)

@@ -8,7 +8,7 @@ import scipy.sparse as sp
 
 from cradle_pyro import PerturbationData, simulate_screen
 from inference.scoring import (effect_slope, held_out_conditions, interactions, score_ates,
-                               summarise_scores)
+                               single_conditions, summarise_scores)
 
 
 def null_screen(n_per_condition=60, n_control=40, n_genes=200, seed=0):
@@ -72,6 +72,7 @@ def test_a_perfect_prediction_scores_near_the_square_root_of_the_ceiling():
                          data, ["A+B"])
     assert inter.loc[0, "perfect_norm"] == pytest.approx(0.0, abs=1e-9)
     assert held_out_conditions(data) == ["A+B"]
+    assert single_conditions(data) == ["A", "B"]
 
 
 def test_effect_slope_scores_a_perfect_predictor_one_where_the_observed_slope_does_not():
