@@ -51,7 +51,7 @@ heldout_perturbations = held_out_conditions  # the name earlier releases used
 
 def evaluate(runs: dict, data, out_dir, *, split: str = "test", num_draws: int = 100,
              n_cells: int = 500, n_generated: int = 200, n_splits: int = 20, top_k: int = 20,
-             seed: int = 0, progress: bool = True) -> dict:
+             seed: int = 0, progress: bool = True, basal: str = "abducted") -> dict:
     """Evaluate trained runs on ``split``; writes ``metrics.json``, ``report.md``, CSVs and figures.
 
     Parameters
@@ -61,8 +61,9 @@ def evaluate(runs: dict, data, out_dir, *, split: str = "test", num_draws: int =
         ``model``, ``guide`` and ``history``).
     data
         The :class:`~cradle_pyro.data.PerturbationData` the runs were trained on.
-    num_draws, n_cells
-        Posterior draws and generated cells per draw for model ATEs.
+    num_draws, n_cells, basal
+        Posterior draws, cells per draw and where their basal states come from
+        (:func:`~inference.effects.posterior_ate`) for model ATEs.
     n_generated
         Generated clean cells per condition for QC pass rate and energy distance.
     n_splits
@@ -81,13 +82,14 @@ def evaluate(runs: dict, data, out_dir, *, split: str = "test", num_draws: int =
     combos = [p for p in perts if data.separator in p]
     singles = sorted({t for p in combos for t in targets_of(p, data.control_label, data.separator)})
     report = {"split": split, "perturbations": perts, "num_draws": num_draws,
-              "n_cells_per_draw": n_cells, "n_control_splits": n_splits, "top_k": top_k,
+              "n_cells_per_draw": n_cells, "basal": basal, "n_control_splits": n_splits,
+              "top_k": top_k,
               "models": {}}
     posteriors, extras = {}, {}
     for name, run in tqdm(runs.items(), desc="evaluate", disable=not progress):
         wanted = perts + [t for t in singles if t not in perts]
         posteriors[name] = posterior_ate(run.model, run.guide, data, wanted, num_draws=num_draws,
-                                         n_cells=n_cells, seed=seed)
+                                         n_cells=n_cells, seed=seed, basal=basal)
         extras[name] = _generation_checks(run, data, perts, split, n_generated, seed,
                                           out / "figures" / f"qc_{_safe(name)}.png")
     means = {name: post.mean for name, post in posteriors.items()}
@@ -233,7 +235,9 @@ def markdown_report(report: dict) -> str:
              "random halvings of the clean control cells (the truth uses one half, the additive "
              "baseline the other). `ceiling` is the truth's split-half reliability "
              "(Spearman-Brown corrected); a perfect predictor's expected r is about its square "
-             "root.", "",
+             "root. Model ATEs: posterior means over "
+             f"{report['num_draws']} draws × {report['n_cells_per_draw']} cells "
+             f"({report.get('basal', 'prior')} basal states).", "",
              f"| predictor | r (all genes) | r (top-{k}) | R² (all) | R² (top-{k}) | Jaccard top-{k} "
              f"| slope (top-{k}) |", "|---|---|---|---|---|---|---|"]
 

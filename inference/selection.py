@@ -42,13 +42,15 @@ class ValidationEffects:
     data
         The screen; conditions with at least ``min_cells`` clean validation
         cells are used.
-    num_draws, n_cells
-        Posterior draws and generated cells per draw for the model's ATEs.
+    num_draws, n_cells, basal
+        Posterior draws, cells per draw and where their basal states come from
+        (:func:`~inference.effects.condition_draws`) for the model's ATEs.
     """
 
     def __init__(self, data, min_cells: int = 3, num_draws: int = 4, n_cells: int = 64,
-                 seed: int = 0):
+                 seed: int = 0, basal: str = "abducted"):
         self.data, self.num_draws, self.n_cells, self.seed = data, num_draws, n_cells, seed
+        self.basal = basal
         conds = np.asarray(data.conditions)
         clean = clean_mask(data)
         seen = (data.split == "train") | (data.split == "val")
@@ -68,7 +70,7 @@ class ValidationEffects:
 
     def predictions(self, model, guide) -> np.ndarray:
         """The model's ATEs of :attr:`conditions` (rows aligned with :attr:`observed`)."""
-        kw = dict(num_draws=self.num_draws, n_cells=self.n_cells, seed=self.seed)
+        kw = dict(num_draws=self.num_draws, n_cells=self.n_cells, seed=self.seed, basal=self.basal)
         base = condition_draws(model, guide, self.data, self.data.control_label, **kw).mean(0)
         return np.stack([condition_draws(model, guide, self.data, c, **kw).mean(0) - base
                          for c in self.conditions])
