@@ -63,6 +63,12 @@ def test_qc_effects_sample_counterfactual_evaluate_diagnose(screen, run_dir, tmp
     assert ate.shape == (2, 80) and list(ate.index) == ["P0+P1", "P2"]
     assert np.allclose(ate.loc["P2"].to_numpy(), long[long.perturbation == "P2"]["mean"].to_numpy(),
                        atol=1e-5)
+    # the default averages over the screen's own (abducted) cells; --basal prior over new ones
+    assert main(["effects", str(run_dir), "--perturbations", "P0+P1,P2", "--out",
+                 str(tmp_path / "ate_prior.csv"), "--n-cells", "50", "--num-draws", "20", "--wide",
+                 "--basal", "prior"]) == 0
+    prior = pd.read_csv(tmp_path / "ate_prior.csv", index_col=0)
+    assert prior.shape == ate.shape and not np.allclose(prior.to_numpy(), ate.to_numpy())
 
     assert main(["sample", str(run_dir), "--perturbation", "P0+P1", "--n", "30", "--out",
                  str(tmp_path / "cells.h5ad")]) == 0
@@ -80,7 +86,8 @@ def test_qc_effects_sample_counterfactual_evaluate_diagnose(screen, run_dir, tmp
     assert {"cradle", "additive", "ceiling"} <= set(metrics["summary"])
     assert np.isfinite(metrics["summary"]["cradle"]["pearson_all"])
     assert 0 < metrics["summary"]["ceiling"]["pearson_top"] <= 1
-    assert (tmp_path / "report" / "report.md").exists()
+    assert metrics["basal"] == "abducted"
+    assert "abducted basal states" in (tmp_path / "report" / "report.md").read_text()
     assert (tmp_path / "report" / "figures" / "ate_scatter.png").stat().st_size > 1000
     assert (tmp_path / "report" / "figures" / "umap_cradle.png").stat().st_size > 1000
 
