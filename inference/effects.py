@@ -30,6 +30,8 @@ import scipy.sparse as sp
 import torch
 from pyro import poutine
 
+from cradle_pyro.errors import CradleInputError
+
 from .interventions import intervene
 from .objective import PARTICLE_DIM
 from .seeding import keeps_global_rng
@@ -189,6 +191,12 @@ def condition_draws(model, guide, data, condition, *, num_draws: int = 100, n_ce
     """
     if basal not in BASAL_SOURCES:
         raise ValueError(f"basal={basal!r}; use one of {BASAL_SOURCES}")
+    if basal == "abducted" and getattr(data, "is_stand_in", False):
+        raise CradleInputError(
+            "ATEs over the screen's own cells (basal='abducted', the default) need the training "
+            "cells' counts, and the run's training file is not available; pass the training "
+            "AnnData (load_run(run, adata=...)), or average over new cells from the prior "
+            "(basal='prior'; cradle-pyro effects --basal prior)")
     pyro.set_rng_seed(seed)
     rng = np.random.default_rng(seed)
     pool = abduction_cells(data) if basal == "abducted" else None

@@ -413,9 +413,10 @@ class RunData:
 
     Names (genes, targets, artifact kinds, conditions), the control label and
     separator, and per training cell its split, artifact labels and library
-    size: enough for effects, interventional sampling and counterfactuals of
-    new cells; commands that need the training cells' counts (evaluate,
-    diagnose, embed, counterfactuals of the training cells) say so.
+    size: enough for effects over new cells from the prior (``basal="prior"``),
+    interventional sampling and counterfactuals of new cells; what needs the
+    training cells' counts (effects over the screen's own cells, the default;
+    evaluate, diagnose, embed, counterfactuals of the training cells) says so.
     """
 
     is_stand_in = True
@@ -468,8 +469,9 @@ def load_run(run_dir, adata: ad.AnnData | None = None, device="cpu") -> TrainedR
 
     Without ``adata``, the training file named in ``config.json`` is read and
     checked against the run's fingerprint; when that file is gone, the run
-    loads with a :class:`RunData` stand-in (and a warning): effects,
-    sampling and counterfactuals of new cells still work.
+    loads with a :class:`RunData` stand-in (and a warning): effects over
+    prior cells (``basal="prior"``), sampling and counterfactuals of new cells
+    still work.
     """
     run_dir = Path(run_dir)
     recover_run_folder(run_dir)

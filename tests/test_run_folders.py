@@ -125,9 +125,14 @@ def test_effects_and_sampling_work_without_the_training_file(trained, tmp_path):
     moved.unlink()  # the training file is gone
     with pytest.warns(UserWarning, match="not available"):
         loaded = load_run(tmp_path / "run")
-    ate = model_ate(loaded.model, loaded.guide, loaded.data, ["P0"], num_draws=5, n_cells=20)
-    reference = model_ate(run2.model, run2.guide, run2.data, ["P0"], num_draws=5, n_cells=20)
+    ate = model_ate(loaded.model, loaded.guide, loaded.data, ["P0"], num_draws=5, n_cells=20,
+                    basal="prior")
+    reference = model_ate(run2.model, run2.guide, run2.data, ["P0"], num_draws=5, n_cells=20,
+                          basal="prior")
     np.testing.assert_allclose(ate.to_numpy(), reference.to_numpy(), rtol=1e-4, atol=1e-5)
+    # over the screen's own cells (the default) the counts are needed: the error names both fixes
+    with pytest.raises(CradleInputError, match=r"load_run\(run, adata=\.\.\.\).*basal='prior'"):
+        model_ate(loaded.model, loaded.guide, loaded.data, ["P0"], num_draws=5, n_cells=20)
     assert sample_cells(loaded.model, loaded.guide, loaded.data, "P0", n=10).n_obs == 10
     with pytest.raises(CradleInputError, match="needs the training cells' counts"):
         loaded.data.batches("train", 10)
