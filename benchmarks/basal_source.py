@@ -37,17 +37,8 @@ from inference import TrainConfig, fit
 from inference.effects import BASAL_SOURCES, posterior_ate
 from inference.scoring import (effect_slope, held_out_conditions, score_ates, single_conditions,
                                summarise_scores)
-from inference.selection import ValidationEffects
-from gene_effects import NORMAN, RESULTS, SCREENS
+from gene_effects import NORMAN, RESULTS, SCREENS, validation_scores
 from simulator_effects import recovery, truth_table
-
-
-def validation(run, data, seed, basal) -> dict:
-    """Seen conditions' validation cells: ATE mean squared error and r (the selection criterion)."""
-    val = ValidationEffects(data, num_draws=20, n_cells=200, seed=seed, basal=basal)
-    pred = val.predictions(run.model, run.guide)
-    r = np.mean([np.corrcoef(a, b)[0, 1] for a, b in zip(pred, val.observed)])
-    return {"val_ate_mse": float(((pred - val.observed) ** 2).mean()), "val_ate_r": float(r)}
 
 
 def simulator_seed(screen, seed, train=None) -> dict:
@@ -66,7 +57,7 @@ def simulator_seed(screen, seed, train=None) -> dict:
             ratio = np.array([post.mean.loc[g, g] / truth.loc[g, g]
                               for g in adata.uns["truth"]["target_gene"]])
             res["target_within_20pct"] = float(np.mean(np.abs(ratio - 1) <= 0.2))
-        res.update(validation(run, data, seed, basal))
+        res.update(validation_scores(run, data, seed, basal))
         out[basal] = res
     return out
 
@@ -78,7 +69,7 @@ def norman_seed(adata, seed, train=None) -> dict:
     test, singles = held_out_conditions(data), single_conditions(data)
     out = {}
     for basal in BASAL_SOURCES:
-        res = validation(run, data, seed, basal)
+        res = validation_scores(run, data, seed, basal)
         ate = posterior_ate(run.model, run.guide, data, test + singles, seed=seed, basal=basal).mean
         held = summarise_scores(score_ates({"model": ate.loc[test]}, data, test, seed=seed))
         for col in ("pearson_all", "pearson_top", "slope_top"):

@@ -62,9 +62,9 @@ def model_config(model: str, scale: str, **extra) -> ModelConfig:
                        gene_effect_scale=float(scale), **extra)
 
 
-def validation_scores(run, data, seed) -> dict:
+def validation_scores(run, data, seed, basal="abducted") -> dict:
     """Seen conditions' validation cells: ATE mean squared error and Pearson r (all genes)."""
-    val = ValidationEffects(data, num_draws=20, n_cells=200, seed=seed)
+    val = ValidationEffects(data, num_draws=20, n_cells=200, seed=seed, basal=basal)
     pred = val.predictions(run.model, run.guide)  # the selection criterion's own model ATEs
     r = np.mean([np.corrcoef(a, b)[0, 1] for a, b in zip(pred, val.observed)])
     return {"val_ate_mse": float(((pred - val.observed) ** 2).mean()), "val_ate_r": float(r),
