@@ -35,9 +35,8 @@ import numpy as np
 from cradle_pyro import PerturbationData, simulate_screen
 from inference import TrainConfig, fit
 from inference.effects import BASAL_SOURCES, posterior_ate
-from inference.scoring import (effect_slope, held_out_conditions, score_ates, single_conditions,
-                               summarise_scores)
-from gene_effects import NORMAN, RESULTS, SCREENS, validation_scores
+from inference.scoring import held_out_conditions, single_conditions
+from gene_effects import NORMAN, RESULTS, SCREENS, held_out_scores, validation_scores
 from simulator_effects import recovery, truth_table
 
 
@@ -71,13 +70,7 @@ def norman_seed(adata, seed, train=None) -> dict:
     for basal in BASAL_SOURCES:
         res = validation_scores(run, data, seed, basal)
         ate = posterior_ate(run.model, run.guide, data, test + singles, seed=seed, basal=basal).mean
-        held = summarise_scores(score_ates({"model": ate.loc[test]}, data, test, seed=seed))
-        for col in ("pearson_all", "pearson_top", "slope_top"):
-            for row in ("model", "ceiling"):
-                if np.isfinite(held.loc[row, col]):
-                    res[f"test_{row}_{col}"] = float(held.loc[row, col])
-        res["seen_singles_slope_on_true_effect"] = float(
-            effect_slope({"model": ate.loc[singles]}, data, singles, seed=seed).loc["model", "slope"])
+        res.update(held_out_scores(ate, data, test, singles, seed))
         out[basal] = res
     return out
 

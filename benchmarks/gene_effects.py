@@ -63,12 +63,27 @@ def model_config(model: str, scale: str, **extra) -> ModelConfig:
 
 
 def validation_scores(run, data, seed, basal="abducted") -> dict:
-    """Seen conditions' validation cells: ATE mean squared error and Pearson r (all genes)."""
+    """Seen conditions' validation cells: ATE mean squared error and Pearson r (all genes).
+    ``run`` may be a list of runs (an ensemble: its mean ATE is the members' average)."""
     val = ValidationEffects(data, num_draws=20, n_cells=200, seed=seed, basal=basal)
-    pred = val.predictions(run.model, run.guide)  # the selection criterion's own model ATEs
+    runs = run if isinstance(run, list) else [run]
+    # the selection criterion's own model ATEs
+    pred = np.mean([val.predictions(r.model, r.guide) for r in runs], axis=0)
     r = np.mean([np.corrcoef(a, b)[0, 1] for a, b in zip(pred, val.observed)])
     return {"val_ate_mse": float(((pred - val.observed) ** 2).mean()), "val_ate_r": float(r),
             "val_conditions": len(val.conditions)}
+
+
+def held_out_scores(ate, data, test, singles, seed) -> dict:
+    """Held-out doubles (disjoint control, ceiling beside) and the seen singles' slope on the
+    true effect, from model ATEs (rows: ``test + singles``)."""
+    held = summarise_scores(score_ates({"model": ate.loc[test]}, data, test, seed=seed))
+    out = {f"test_{row}_{col}": float(held.loc[row, col])
+           for col in ("pearson_all", "pearson_top", "slope_top") for row in ("model", "ceiling")
+           if np.isfinite(held.loc[row, col])}
+    out["seen_singles_slope_on_true_effect"] = float(
+        effect_slope({"model": ate.loc[singles]}, data, singles, seed=seed).loc["model", "slope"])
+    return out
 
 
 def norman_seed(adata, seed, model, scale, epochs=100, extra=None, train=None) -> dict:

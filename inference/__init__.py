@@ -7,6 +7,7 @@ from .artifacts import add_artifact_posterior, artifact_posterior
 from .counterfactuals import counterfactual
 from .effects import PosteriorATE, data_ate, model_ate, posterior_ate, sample_cells
 from .embeddings import add_latents, latent_representation
+from .ensembles import ensemble_ate, fit_ensemble
 from .interventions import intervene
 from .objective import CradleELBO, SiteScale, iwelbo
 from .run_io import load_run, save_run
@@ -28,7 +29,9 @@ __all__ = [
     "TrainedRun",
     "counterfactual",
     "data_ate",
+    "ensemble_ate",
     "fit",
+    "fit_ensemble",
     "intervene",
     "iwelbo",
     "load_run",
