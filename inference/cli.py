@@ -130,6 +130,9 @@ TRAIN_OPTIONS = {
                       "the learning rate, retry) or stop"),
     "max_lr_halvings": ("train", int, 4, "how often lower-lr may halve the learning rate"),
     "guide": ("train", str, "correlated", "correlated or mean-field"),
+    "members": ("run", int, 1, "independently trained runs (seeds seed, seed+1, ...), saved in "
+                "RUN/members/; effects and evaluate mix their posteriors (an ensemble: K times the "
+                "training, wider and better-calibrated intervals)"),
     "device": ("train", str, "cpu", "cpu or cuda"),
     "seed": ("train", int, 0, "random seed (same seed, same numbers on CPU)"),
     "threads": ("train", int, None, "CPU threads for torch during training (default: torch's)"),
@@ -262,9 +265,12 @@ def cmd_qc(args):
 
 
 def cmd_train(args):
-    from .run_io import RunFolderLock, check_output_folder, save_run, train_from_file
+    from .run_io import RunFolderLock, check_output_folder, save_members, save_run, train_from_file
 
     opts = resolve_train_options(args)
+    if opts["members"] < 1:
+        raise CradleInputError(f"--members {opts['members']}: an ensemble needs at least one run "
+                               "(1, the default, trains a single run)")
     mc, tc = configs_from_options(opts)
     data_args = _data_args(opts, opts["perturbation_key"], opts["control"])
     out = check_output_folder(args.out, overwrite=args.overwrite, resume=args.resume)
@@ -277,23 +283,25 @@ def cmd_train(args):
                               resume=args.resume, **data_args)
         save_run(run, out, overwrite=True, extra_files={
             "resolved_config.yaml": yaml.safe_dump({k: v for k, v in opts.items()}, sort_keys=True)})
+        save_members(run, out, opts["members"])
     h = run.history
     print(f"trained {mc.model} for {len(h)} epochs (best {run.best_epoch}); "
-          f"best validation -ELBO per cell {h['val_loss'].min():.2f}; run saved in {out}")
+          f"best validation -ELBO per cell {h['val_loss'].min():.2f}; run saved in {out}"
+          + (f" with {opts['members'] - 1} more members in {out / 'members'}"
+             if opts["members"] > 1 else ""))
 
 
 def cmd_effects(args):
-    from .effects import posterior_ate
-    from .run_io import load_run
+    from .ensembles import ensemble_ate
+    from .run_io import load_members
 
-    run = load_run(args.run, device=args.device)
+    runs = load_members(args.run, device=args.device)
     perts = [p.strip() for p in args.perturbations.split(",") if p.strip()]
     if not perts:
         raise CradleInputError(f"--perturbations {args.perturbations!r} names no condition; "
                                'give comma-separated labels, e.g. "A+B,C"')
-    post = posterior_ate(run.model, run.guide, run.data, perts, num_draws=args.num_draws,
-                         n_cells=args.n_cells, seed=args.seed, interval=args.interval,
-                         basal=args.basal)
+    post = ensemble_ate(runs, runs[0].data, perts, num_draws=args.num_draws, n_cells=args.n_cells,
+                        seed=args.seed, interval=args.interval, basal=args.basal)
     ate = post.mean
     (ate if args.wide else post.to_long()).to_csv(args.out, index=args.wide)
     top = ate.abs().max(1).round(3).to_dict()
@@ -332,13 +340,14 @@ def cmd_counterfactual(args):
 
 def cmd_evaluate(args):
     from .evaluate import evaluate
-    from .run_io import load_run
+    from .run_io import load_members
 
     runs = {}
     for path in [args.run] + list(args.compare or []):
-        run = load_run(path, device=args.device)
-        runs[run.model_config.model if run.model_config.model not in runs else Path(path).name] = run
-    data = next(iter(runs.values())).data
+        members = load_members(path, device=args.device)
+        name = members[0].model_config.model
+        runs[name if name not in runs else Path(path).name] = members
+    data = next(iter(runs.values()))[0].data
     report = evaluate(runs, data, args.out, split=args.split, num_draws=args.num_draws,
                       n_cells=args.n_cells, seed=args.seed, basal=args.basal)
     _print_headline(report, args.out)

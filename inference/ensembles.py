@@ -36,16 +36,19 @@ from .train import TrainConfig, fit
 
 
 def fit_ensemble(data, train_config: TrainConfig | None = None, model_config=None,
-                 members: int = 3) -> list:
+                 members: int = 3, first=None) -> list:
     """Train ``members`` runs that differ only in their seed (``seed``, ``seed + 1``, …).
 
     Returns the list of :class:`~inference.train.TrainedRun`; the first member is
-    exactly what :func:`~inference.train.fit` with ``train_config`` returns.
+    exactly what :func:`~inference.train.fit` with ``train_config`` returns, or
+    ``first`` when that run is already trained.
     """
     if members < 1:
         raise ValueError(f"members={members}; an ensemble needs at least one run")
     tc = train_config or TrainConfig()
-    return [fit(data, replace(tc, seed=tc.seed + k), model_config) for k in range(members)]
+    runs = [first if first is not None else fit(data, tc, model_config)]
+    return runs + [fit(data, replace(tc, seed=tc.seed + k), model_config)
+                   for k in range(1, members)]
 
 
 def ensemble_ate(runs, data, perturbations, *, num_draws: int = 100, seed: int = 0,

@@ -38,7 +38,8 @@ from tqdm.auto import tqdm
 from cradle_pyro.qc import qc_metrics
 from cradle_pyro.splits import targets_of
 
-from .effects import perturbseq_normalise, posterior_ate, sample_cells
+from .effects import perturbseq_normalise, sample_cells
+from .ensembles import ensemble_ate
 from .artifacts import artifact_figure, artifact_posterior, artifact_summary
 from .embeddings import cells_with_latents, umap_figure
 from .metrics import pca_energy_distance, qc_pass_rate
@@ -58,7 +59,9 @@ def evaluate(runs: dict, data, out_dir, *, split: str = "test", num_draws: int =
     ----------
     runs
         Name → :class:`~inference.train.TrainedRun` (or an object with
-        ``model``, ``guide`` and ``history``).
+        ``model``, ``guide`` and ``history``), or name → a list of runs, the
+        members of an ensemble (:mod:`inference.ensembles`): its ATEs mix the
+        members' posteriors; generation checks and loss curves use the first.
     data
         The :class:`~cradle_pyro.data.PerturbationData` the runs were trained on.
     num_draws, n_cells, basal
@@ -85,13 +88,16 @@ def evaluate(runs: dict, data, out_dir, *, split: str = "test", num_draws: int =
               "n_cells_per_draw": n_cells, "basal": basal, "n_control_splits": n_splits,
               "top_k": top_k,
               "models": {}}
+    members = {name: list(r) if isinstance(r, (list, tuple)) else [r] for name, r in runs.items()}
+    runs = {name: m[0] for name, m in members.items()}
     posteriors, extras = {}, {}
     for name, run in tqdm(runs.items(), desc="evaluate", disable=not progress):
         wanted = perts + [t for t in singles if t not in perts]
-        posteriors[name] = posterior_ate(run.model, run.guide, data, wanted, num_draws=num_draws,
-                                         n_cells=n_cells, seed=seed, basal=basal)
+        posteriors[name] = ensemble_ate(members[name], data, wanted, num_draws=num_draws,
+                                        n_cells=n_cells, seed=seed, basal=basal)
         extras[name] = _generation_checks(run, data, perts, split, n_generated, seed,
                                           out / "figures" / f"qc_{_safe(name)}.png")
+        extras[name]["members"] = len(members[name])
     means = {name: post.mean for name, post in posteriors.items()}
     table = score_ates(means, data, perts, split=split, n_splits=n_splits, top_k=top_k,
                        seed=seed)
@@ -237,7 +243,10 @@ def markdown_report(report: dict) -> str:
              "(Spearman-Brown corrected); a perfect predictor's expected r is about its square "
              "root. Model ATEs: posterior means over "
              f"{report['num_draws']} draws × {report['n_cells_per_draw']} cells "
-             f"({report.get('basal', 'prior')} basal states).", "",
+             f"({report.get('basal', 'prior')} basal states)"
+             + "".join(f"; {name}: an ensemble of {m['members']} runs, their posteriors mixed"
+                       for name, m in report["models"].items() if m.get("members", 1) > 1)
+             + ".", "",
              f"| predictor | r (all genes) | r (top-{k}) | R² (all) | R² (top-{k}) | Jaccard top-{k} "
              f"| slope (top-{k}) |", "|---|---|---|---|---|---|---|"]
 

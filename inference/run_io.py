@@ -478,8 +478,6 @@ def load_run(run_dir, adata: ad.AnnData | None = None, device="cpu") -> TrainedR
     if not (run_dir / "config.json").exists():
         raise CradleInputError(f"{str(run_dir)!r} is not a run folder (no config.json)")
     config = json.loads((run_dir / "config.json").read_text())
-    mc = ModelConfig.from_dict(config["model"])
-    tc = TrainConfig(**config["train"])
     src = config["data"]["path"]
     if adata is None and (src is None or not Path(src).exists()):
         import warnings
@@ -488,20 +486,30 @@ def load_run(run_dir, adata: ad.AnnData | None = None, device="cpu") -> TrainedR
                       "cells (effects, sampling and counterfactuals of new cells work)",
                       UserWarning, stacklevel=2)
         data = RunData(run_dir, config)
+    else:
+        data = rebuild_data(run_dir, adata)
+    run = _load_weights(run_dir, config, data, device)
+    if getattr(data, "is_stand_in", False):
+        data.gene_mean = run.guide.gene_mean.cpu().numpy()
+        data.gene_std = run.guide.gene_std.cpu().numpy()
+    return run
+
+
+def _load_weights(run_dir: Path, config: dict, data, device) -> TrainedRun:
+    """The run's model and guide, built for ``data`` and loaded from ``run_dir``."""
+    mc = ModelConfig.from_dict(config["model"])
+    tc = TrainConfig(**config["train"])
+    if getattr(data, "is_stand_in", False):
         model = CradleModel(data.n_genes, data.n_perturbations, data.n_artifacts, mc,
                             target_gene=target_gene_index(data.perturbation_names, data.gene_names),
                             n_qc_covariates=data.n_qc_covariates,
                             qc_covariate_names=data.qc_covariate_names, n_flags=data.n_qc_flags)
         guide = make_guide(config["guide"], model)
     else:
-        data = rebuild_data(run_dir, adata)
         model = CradleModel.from_data(data, mc)
         guide = make_guide(config["guide"], model, data.gene_mean, data.gene_std)
     model.load_state_dict(load_tensors(run_dir / "model.pt", device))
     guide.load_state_dict(load_tensors(run_dir / "guide.pt", device))
-    if getattr(data, "is_stand_in", False):
-        data.gene_mean = guide.gene_mean.cpu().numpy()
-        data.gene_std = guide.gene_std.cpu().numpy()
     model.to(device).eval()
     guide.to(device).eval()
     history = pd.read_csv(run_dir / "history.csv")
@@ -509,6 +517,40 @@ def load_run(run_dir, adata: ad.AnnData | None = None, device="cpu") -> TrainedR
     run.data_source = {"path": config["data"]["path"], "args": config["data"]["args"],
                        "fingerprint": config["data"].get("fingerprint")}
     return run
+
+
+MEMBERS = "members"  # subfolder of a run folder holding the other members of an ensemble
+
+
+def save_members(run: TrainedRun, path, members: int) -> list:
+    """Train ``members - 1`` more runs beside ``run`` (seeds ``seed + 1``, …) and save each in
+    ``path/members/<k>/``; :func:`load_members` reads them back. Returns the new members."""
+    from .ensembles import fit_ensemble
+
+    path = Path(path)
+    if (path / MEMBERS).exists():
+        shutil.rmtree(path / MEMBERS)  # members of an earlier training of this folder
+    new = fit_ensemble(run.data, run.train_config, run.model_config, members, first=run)[1:]
+    for k, member in enumerate(new, start=1):
+        member.data_source = run.data_source
+        save_run(member, path / MEMBERS / str(k))
+    return new
+
+
+def load_members(run_dir, adata: ad.AnnData | None = None, device="cpu") -> list:
+    """The run in ``run_dir`` followed by the members saved beside it by
+    :func:`save_members` (a list of one run when there are none); all share the
+    first run's data, read once (see :func:`load_run`)."""
+    run_dir = Path(run_dir)
+    first = load_run(run_dir, adata, device)
+    folders = sorted((p for p in (run_dir / MEMBERS).glob("*") if p.is_dir() and p.name.isdigit()),
+                     key=lambda p: int(p.name)) if (run_dir / MEMBERS).is_dir() else []
+    rest = []
+    for folder in folders:
+        recover_run_folder(folder)
+        config = json.loads((folder / "config.json").read_text())
+        rest.append(_load_weights(folder, config, first.data, device))
+    return [first, *rest]
 
 
 

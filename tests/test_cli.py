@@ -175,3 +175,35 @@ def test_latent_artifact_state_from_the_command_line(screen, run_dir, tmp_path, 
     err = capsys.readouterr().err
     assert "artifact_state='latent'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_members_train_an_ensemble_whose_posteriors_effects_and_evaluate_mix(screen, run_dir,
+                                                                             tmp_path):
+    from inference.ensembles import ensemble_ate
+    from inference.run_io import load_members
+
+    out = tmp_path / "ensemble"
+    args = ["train", str(screen), "--out", str(out), "--split", "unseen-combinations",
+            "--epochs", "3", "--latent-dim", "4", "--hidden-dim", "32", "--num-particles", "2",
+            "--no-doublets"]
+    assert main(args + ["--members", "0"]) == 2  # refused, one line
+    assert main(args + ["--members", "2"]) == 0
+    member = json.loads((out / "members" / "1" / "config.json").read_text())
+    assert member["train"]["seed"] == 1 and member["model"]["latent_dim"] == 4
+    runs = load_members(out)
+    assert len(runs) == 2 and runs[1].data is runs[0].data
+    assert len(load_members(run_dir)) == 1  # a plain run is an ensemble of one
+
+    assert main(["effects", str(out), "--perturbations", "P0+P1,P2", "--out",
+                 str(tmp_path / "ate.csv"), "--n-cells", "30", "--num-draws", "20", "--wide"]) == 0
+    ate = pd.read_csv(tmp_path / "ate.csv", index_col=0)
+    mixed = ensemble_ate(runs, runs[0].data, ["P0+P1", "P2"], num_draws=20, n_cells=30).mean
+    np.testing.assert_allclose(ate.to_numpy(), mixed.to_numpy(), atol=1e-5)
+    first = ensemble_ate(runs[:1], runs[0].data, ["P0+P1", "P2"], num_draws=20, n_cells=30).mean
+    assert not np.allclose(ate.to_numpy(), first.to_numpy(), atol=1e-3)
+
+    assert main(["evaluate", str(out), "--out", str(tmp_path / "report"), "--n-cells", "30",
+                 "--num-draws", "20"]) == 0
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["models"]["cradle"]["members"] == 2
+    assert "an ensemble of 2 runs" in (tmp_path / "report" / "report.md").read_text()
