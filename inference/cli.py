@@ -33,6 +33,7 @@ EXAMPLES = {
   cradle-pyro train norman.h5ad --out runs/sams --perturbation-key perturbation --control control \\
       --model sams --split unseen-combinations --epochs 60 --qc-column low_total_counts=total_counts_transcriptome
   cradle-pyro train screen.h5ad --out runs/x --config settings.yaml   # any option below, as YAML keys
+  cradle-pyro train screen.h5ad --out runs/ens --members 3   # an ensemble: 3 seeds, 3 × the time
 
 YAML keys are the long option names with '_' for '-', e.g.
   model: sams
@@ -51,7 +52,11 @@ The ATE is over the screen's own cells: clean training cells, each with its
 basal state drawn from q(basal | x), put under the perturbation and under
 control (--basal abducted). --basal prior makes new cells from N(0, I) instead;
 on simulated screens, whose basal states cluster, that was less accurate
-(ATE r 0.969 vs 0.974) and overstated effects by about 8 %.""",
+(ATE r 0.969 vs 0.974) and overstated effects by about 8 %.
+
+A run trained with --members K is an ensemble: the draws are shared among its
+K members and the interval mixes their posteriors (one run's guide alone is
+overconfident; see the README's "Ensembles").""",
     "sample": """examples:
   cradle-pyro sample runs/cradle --perturbation "P0+P3" --n 200 --artifact clean --out cells.h5ad""",
     "counterfactual": """examples:
