@@ -24,19 +24,13 @@ Writes benchmarks/results/basal_source.json.
         [--train-kw '{"independence": 10}' --out results/basal_source_sim_independence10.json]
 """
 
-import argparse
-import json
-import time
-from pathlib import Path
-
-import anndata as ad
 import numpy as np
 
 from cradle_pyro import PerturbationData, simulate_screen
 from inference import TrainConfig, fit
 from inference.effects import BASAL_SOURCES, posterior_ate
 from inference.scoring import held_out_conditions, single_conditions
-from gene_effects import NORMAN, RESULTS, SCREENS, held_out_scores, validation_scores
+from gene_effects import RESULTS, SCREENS, held_out_scores, paired_main, validation_scores
 from simulator_effects import recovery, truth_table
 
 
@@ -76,39 +70,12 @@ def norman_seed(adata, seed, train=None) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--screens", default="simulator,crispri,norman")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--out", default=str(RESULTS / "basal_source.json"))
-    ap.add_argument("--train-kw", default="{}", help="TrainConfig fields to change, JSON")
-    args = ap.parse_args()
-    train = json.loads(args.train_kw)
-    path = Path(args.out)
-    results = json.loads(path.read_text())["per_seed"] if path.exists() else {}
-    adata = None
-    for screen in args.screens.split(","):
-        for seed in [int(s) for s in args.seeds.split(",")]:
-            t0 = time.time()
-            if screen == "norman":
-                adata = adata if adata is not None else ad.read_h5ad(NORMAN)
-                res = norman_seed(adata, seed, train)
-            else:
-                res = simulator_seed(screen, seed, train)
-            results.setdefault(screen, {})[str(seed)] = res
-            print(screen, seed, f"{time.time() - t0:.0f}s",
-                  json.dumps({b: {k: round(v, 3) for k, v in r.items()} for b, r in res.items()}),
-                  flush=True)
-    summary = {screen: {basal: {k: [float(np.mean([r[basal][k] for r in per.values()])),
-                                    float(np.std([r[basal][k] for r in per.values()], ddof=1))
-                                    if len(per) > 1 else 0.0]
-                                for k in next(iter(per.values()))[basal]}
-                        for basal in BASAL_SOURCES}
-               for screen, per in results.items()}
-    path.write_text(json.dumps({"settings": "cradle-pyro train defaults; one trained model per "
-                                "screen and seed, scored with both basal sources; training "
-                                f"{args.train_kw}",
-                                "mean_sd": summary, "per_seed": results}, indent=2))
-    print(json.dumps(summary, indent=1))
+    paired_main(__doc__, BASAL_SOURCES, RESULTS / "basal_source.json",
+                lambda screen, seed, args, train, adata: (
+                    norman_seed(adata, seed, train) if screen == "norman"
+                    else simulator_seed(screen, seed, train)),
+                lambda args: "cradle-pyro train defaults; one trained model per screen and seed, "
+                             f"scored with both basal sources; training {args.train_kw}")
 
 
 if __name__ == "__main__":

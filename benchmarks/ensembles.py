@@ -19,19 +19,13 @@ Writes benchmarks/results/ensembles.json (or ``--out``).
     python benchmarks/ensembles.py [--screens simulator,crispri,norman] [--seeds 0,1,2] [--members 3]
 """
 
-import argparse
-import json
-import time
-from pathlib import Path
-
-import anndata as ad
 import numpy as np
 
 from cradle_pyro import PerturbationData, simulate_screen
 from inference import TrainConfig
 from inference.ensembles import ensemble_ate, fit_ensemble
 from inference.scoring import held_out_conditions, single_conditions
-from gene_effects import NORMAN, RESULTS, SCREENS, held_out_scores, validation_scores
+from gene_effects import RESULTS, SCREENS, held_out_scores, paired_main, validation_scores
 from simulator_effects import recovery, truth_table
 
 KINDS = ("single", "ensemble")
@@ -74,40 +68,14 @@ def norman_seed(adata, seed, members, train=None) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--screens", default="simulator,crispri,norman")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--members", type=int, default=3)
-    ap.add_argument("--out", default=str(RESULTS / "ensembles.json"))
-    ap.add_argument("--train-kw", default="{}", help="TrainConfig fields to change, JSON")
-    args = ap.parse_args()
-    train = json.loads(args.train_kw)
-    path = Path(args.out)
-    results = json.loads(path.read_text())["per_seed"] if path.exists() else {}
-    adata = None
-    for screen in args.screens.split(","):
-        for seed in [int(s) for s in args.seeds.split(",")]:
-            t0 = time.time()
-            if screen == "norman":
-                adata = adata if adata is not None else ad.read_h5ad(NORMAN)
-                res = norman_seed(adata, seed, args.members, train)
-            else:
-                res = simulator_seed(screen, seed, args.members, train)
-            results.setdefault(screen, {})[str(seed)] = res
-            print(screen, seed, f"{time.time() - t0:.0f}s",
-                  json.dumps({b: {k: round(v, 3) for k, v in r.items()} for b, r in res.items()}),
-                  flush=True)
-    summary = {screen: {kind: {k: [float(np.mean([r[kind][k] for r in per.values()])),
-                                   float(np.std([r[kind][k] for r in per.values()], ddof=1))
-                                   if len(per) > 1 else 0.0]
-                               for k in next(iter(per.values()))[kind]}
-                        for kind in KINDS}
-               for screen, per in results.items()}
-    path.write_text(json.dumps({"settings": f"cradle-pyro train defaults; {args.members} members "
-                                "per seed (training seeds seed, seed + 1, ...); 'single' is the "
-                                f"first member alone; training {args.train_kw}",
-                                "mean_sd": summary, "per_seed": results}, indent=2))
-    print(json.dumps(summary, indent=1))
+    paired_main(__doc__, KINDS, RESULTS / "ensembles.json",
+                lambda screen, seed, args, train, adata: (
+                    norman_seed(adata, seed, args.members, train) if screen == "norman"
+                    else simulator_seed(screen, seed, args.members, train)),
+                lambda args: f"cradle-pyro train defaults; {args.members} members per seed "
+                             "(training seeds seed, seed + 1, ...); 'single' is the first member "
+                             f"alone; training {args.train_kw}",
+                {"--members": dict(type=int, default=3)})
 
 
 if __name__ == "__main__":

@@ -86,6 +86,45 @@ def held_out_scores(ate, data, test, singles, seed) -> dict:
     return out
 
 
+def paired_main(doc, kinds, default_out, score, settings, extra_args=None):
+    """The command line of benchmarks that score one trained setup per screen and seed in
+    paired ``kinds`` (e.g. two basal sources): ``--screens``, ``--seeds``, ``--out`` (results
+    merge into an existing file), ``--train-kw``; ``score(screen, seed, args, train, adata)``
+    returns kind → metrics (``adata``: Norman, read once, or ``None``); ``settings(args)``
+    describes the run. Prints each seed; writes per seed and mean ± sd per screen and kind."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--screens", default="simulator,crispri,norman")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--out", default=str(default_out))
+    ap.add_argument("--train-kw", default="{}", help="TrainConfig fields to change, JSON")
+    for name, kw in (extra_args or {}).items():
+        ap.add_argument(name, **kw)
+    args = ap.parse_args()
+    train = json.loads(args.train_kw)
+    path = Path(args.out)
+    results = json.loads(path.read_text())["per_seed"] if path.exists() else {}
+    adata = None
+    for screen in args.screens.split(","):
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            t0 = time.time()
+            if screen == "norman" and adata is None:
+                adata = ad.read_h5ad(NORMAN)
+            res = score(screen, seed, args, train, adata if screen == "norman" else None)
+            results.setdefault(screen, {})[str(seed)] = res
+            print(screen, seed, f"{time.time() - t0:.0f}s",
+                  json.dumps({b: {k: round(v, 3) for k, v in r.items()} for b, r in res.items()}),
+                  flush=True)
+    summary = {screen: {kind: {k: [float(np.mean([r[kind][k] for r in per.values()])),
+                                   float(np.std([r[kind][k] for r in per.values()], ddof=1))
+                                   if len(per) > 1 else 0.0]
+                               for k in next(iter(per.values()))[kind]}
+                        for kind in kinds}
+               for screen, per in results.items()}
+    path.write_text(json.dumps({"settings": settings(args), "mean_sd": summary,
+                                "per_seed": results}, indent=2))
+    print(json.dumps(summary, indent=1))
+
+
 def norman_seed(adata, seed, model, scale, epochs=100, extra=None, train=None) -> dict:
     data = PerturbationData.from_anndata(adata, "perturbation", "control",
                                          split="unseen-combinations", heldout_fraction=1.0, seed=seed)
