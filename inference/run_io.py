@@ -59,6 +59,7 @@ from cradle_pyro.guides import make_guide
 from cradle_pyro.model import CradleModel, target_gene_index
 from cradle_pyro.qc import QCThresholds
 
+from .ensembles import fit_ensemble
 from .train import TrainConfig, TrainedRun, atomic_save, fit, load_tensors
 
 SPLIT_COLUMN = "cradle_split"
@@ -525,8 +526,6 @@ MEMBERS = "members"  # subfolder of a run folder holding the other members of an
 def save_members(run: TrainedRun, path, members: int) -> list:
     """Train ``members - 1`` more runs beside ``run`` (seeds ``seed + 1``, …) and save each in
     ``path/members/<k>/``; :func:`load_members` reads them back. Returns the new members."""
-    from .ensembles import fit_ensemble
-
     path = Path(path)
     if (path / MEMBERS).exists():
         shutil.rmtree(path / MEMBERS)  # members of an earlier training of this folder
