@@ -97,9 +97,13 @@ def paired_main(doc, kinds, default_out, score, settings, extra_args=None):
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--out", default=str(default_out))
     ap.add_argument("--train-kw", default="{}", help="TrainConfig fields to change, JSON")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (more than the cores shared by all running "
+                         "benchmarks oversubscribes them and slows every one many times)")
     for name, kw in (extra_args or {}).items():
         ap.add_argument(name, **kw)
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     train = json.loads(args.train_kw)
     path = Path(args.out)
     results = json.loads(path.read_text())["per_seed"] if path.exists() else {}
