@@ -24,40 +24,28 @@ Writes benchmarks/results/basal_source.json.
         [--train-kw '{"independence": 10}' --out results/basal_source_sim_independence10.json]
 """
 
-import numpy as np
-
-from cradle_pyro import PerturbationData, simulate_screen
 from inference import TrainConfig, fit
 from inference.effects import BASAL_SOURCES, posterior_ate
 from inference.scoring import held_out_conditions, single_conditions
-from gene_effects import RESULTS, SCREENS, held_out_scores, paired_main, validation_scores
-from simulator_effects import recovery, truth_table
+from gene_effects import (RESULTS, held_out_scores, norman_data, paired_main, simulated,
+                          simulator_scores, validation_scores)
 
 
 def simulator_seed(screen, seed, train=None) -> dict:
-    adata = simulate_screen(seed=seed, n_cells=3000, n_genes=500, n_truth_cells=20000,
-                            **SCREENS[screen])
-    truth = truth_table(adata)
-    data = PerturbationData.from_anndata(adata, doublets=False, seed=seed)
+    adata, truth, data = simulated(screen, seed, n_truth_cells=20000)
     run = fit(data, TrainConfig(seed=seed, progress=False, **(train or {})))
     out = {}
     for basal in BASAL_SOURCES:
         post = posterior_ate(run.model, run.guide, data, list(truth.index), num_draws=100,
                              n_cells=200, seed=seed, basal=basal)
-        res = recovery(post, truth)
-        res["coverage_90"] = res.pop("coverage")["0.9"]
-        if screen == "crispri":
-            ratio = np.array([post.mean.loc[g, g] / truth.loc[g, g]
-                              for g in adata.uns["truth"]["target_gene"]])
-            res["target_within_20pct"] = float(np.mean(np.abs(ratio - 1) <= 0.2))
+        res = simulator_scores(post, truth, adata, screen)
         res.update(validation_scores(run, data, seed, basal))
         out[basal] = res
     return out
 
 
 def norman_seed(adata, seed, train=None) -> dict:
-    data = PerturbationData.from_anndata(adata, "perturbation", "control",
-                                         split="unseen-combinations", heldout_fraction=1.0, seed=seed)
+    data = norman_data(adata, seed)
     run = fit(data, TrainConfig(seed=seed, progress=False, **(train or {})))
     test, singles = held_out_conditions(data), single_conditions(data)
     out = {}

@@ -19,42 +19,30 @@ Writes benchmarks/results/ensembles.json (or ``--out``).
     python benchmarks/ensembles.py [--screens simulator,crispri,norman] [--seeds 0,1,2] [--members 3]
 """
 
-import numpy as np
-
-from cradle_pyro import PerturbationData, simulate_screen
 from inference import TrainConfig
 from inference.ensembles import ensemble_ate, fit_ensemble
 from inference.scoring import held_out_conditions, single_conditions
-from gene_effects import RESULTS, SCREENS, held_out_scores, paired_main, validation_scores
-from simulator_effects import recovery, truth_table
+from gene_effects import (RESULTS, held_out_scores, norman_data, paired_main, simulated,
+                          simulator_scores, validation_scores)
 
 KINDS = ("single", "ensemble")
 
 
 def simulator_seed(screen, seed, members, train=None) -> dict:
-    adata = simulate_screen(seed=seed, n_cells=3000, n_genes=500, n_truth_cells=20000,
-                            **SCREENS[screen])
-    truth = truth_table(adata)
-    data = PerturbationData.from_anndata(adata, doublets=False, seed=seed)
+    adata, truth, data = simulated(screen, seed, n_truth_cells=20000)
     runs = fit_ensemble(data, TrainConfig(seed=seed, progress=False, **(train or {})),
                         members=members)
     out = {}
     for kind, used in zip(KINDS, (runs[:1], runs)):
         post = ensemble_ate(used, data, list(truth.index), num_draws=100, n_cells=200, seed=seed)
-        res = recovery(post, truth)
-        res["coverage_90"] = res.pop("coverage")["0.9"]
-        if screen == "crispri":
-            ratio = np.array([post.mean.loc[g, g] / truth.loc[g, g]
-                              for g in adata.uns["truth"]["target_gene"]])
-            res["target_within_20pct"] = float(np.mean(np.abs(ratio - 1) <= 0.2))
+        res = simulator_scores(post, truth, adata, screen)
         res.update(validation_scores(used, data, seed))
         out[kind] = res
     return out
 
 
 def norman_seed(adata, seed, members, train=None) -> dict:
-    data = PerturbationData.from_anndata(adata, "perturbation", "control",
-                                         split="unseen-combinations", heldout_fraction=1.0, seed=seed)
+    data = norman_data(adata, seed)
     runs = fit_ensemble(data, TrainConfig(seed=seed, progress=False, **(train or {})),
                         members=members)
     test, singles = held_out_conditions(data), single_conditions(data)

@@ -74,6 +74,32 @@ def validation_scores(run, data, seed, basal="abducted") -> dict:
             "val_conditions": len(val.conditions)}
 
 
+def simulated(screen, seed, n_truth_cells=1000):
+    """A 3,000 × 500 simulated screen (``SCREENS[screen]``): the AnnData, its true ATEs and the
+    data layer."""
+    adata = simulate_screen(seed=seed, n_cells=3000, n_genes=500, n_truth_cells=n_truth_cells,
+                            **SCREENS[screen])
+    return adata, truth_table(adata), PerturbationData.from_anndata(adata, doublets=False, seed=seed)
+
+
+def simulator_scores(post, truth, adata, screen) -> dict:
+    """Recovery of the true ATEs (r, RMS error, slopes, ``coverage_90``) and, on the CRISPRi-like
+    screen, the share of targets whose model ATE is within 20 % of the truth."""
+    out = recovery(post, truth)
+    out["coverage_90"] = out.pop("coverage")["0.9"]
+    if screen == "crispri":
+        ratio = np.array([post.mean.loc[g, g] / truth.loc[g, g]
+                          for g in adata.uns["truth"]["target_gene"]])
+        out["target_within_20pct"] = float(np.mean(np.abs(ratio - 1) <= 0.2))
+    return out
+
+
+def norman_data(adata, seed):
+    """Norman with all five eligible doubles held out (the official split)."""
+    return PerturbationData.from_anndata(adata, "perturbation", "control",
+                                         split="unseen-combinations", heldout_fraction=1.0, seed=seed)
+
+
 def held_out_scores(ate, data, test, singles, seed) -> dict:
     """Held-out doubles (disjoint control, ceiling beside) and the seen singles' slope on the
     true effect, from model ATEs (rows: ``test + singles``)."""
@@ -130,8 +156,7 @@ def paired_main(doc, kinds, default_out, score, settings, extra_args=None):
 
 
 def norman_seed(adata, seed, model, scale, epochs=100, extra=None, train=None) -> dict:
-    data = PerturbationData.from_anndata(adata, "perturbation", "control",
-                                         split="unseen-combinations", heldout_fraction=1.0, seed=seed)
+    data = norman_data(adata, seed)
     t0 = time.time()
     run = fit(data, TrainConfig(seed=seed, progress=False, epochs=epochs, **(train or {})),
               model_config(model, scale, **(extra or {})))
@@ -155,25 +180,18 @@ def norman_seed(adata, seed, model, scale, epochs=100, extra=None, train=None) -
 
 def simulator_seed(seed, model, scale, screen, train=None) -> dict:
     """The simulator at 3,000 × 500: default, CRISPRi-like, or with direct effects: truth known."""
-    kw = dict(n_cells=3000, n_genes=500) | SCREENS[screen]
-    adata = simulate_screen(seed=seed, **kw)
-    truth = truth_table(adata)
-    data = PerturbationData.from_anndata(adata, doublets=False, seed=seed)
+    adata, truth, data = simulated(screen, seed)
     t0 = time.time()
     run = fit(data, TrainConfig(seed=seed, progress=False, **(train or {})), model_config(model, scale))
     post = posterior_ate(run.model, run.guide, data, list(truth.index), num_draws=100, n_cells=200,
                          seed=seed)
-    out = {"train_seconds": round(time.time() - t0, 1), **recovery(post, truth)}
-    out["coverage_90"] = out.pop("coverage")["0.9"]
+    out = {"train_seconds": round(time.time() - t0, 1),
+           **simulator_scores(post, truth, adata, screen)}
     singles = [c for c in truth.index if data.separator not in c]
     slopes = effect_slope({"model": post.mean.loc[singles], "truth": truth.loc[singles]}, data,
                           singles, seed=seed)["slope"]
     out["singles_slope_on_true_effect"] = float(slopes["model"])
     out["singles_slope_on_true_effect_of_truth"] = float(slopes["truth"])
-    if screen == "crispri":
-        targets = list(adata.uns["truth"]["target_gene"])
-        ratio = np.array([post.mean.loc[g, g] / truth.loc[g, g] for g in targets])
-        out["target_within_20pct"] = float(np.mean(np.abs(ratio - 1) <= 0.2))
     out.update(validation_scores(run, data, seed))
     return out
 
