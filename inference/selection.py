@@ -50,7 +50,7 @@ class ValidationEffects:
     def __init__(self, data, min_cells: int = 3, num_draws: int = 4, n_cells: int = 64,
                  seed: int = 0, basal: str = "abducted"):
         self.data, self.num_draws, self.n_cells, self.seed = data, num_draws, n_cells, seed
-        self.basal = basal
+        self.basal, self.min_cells = basal, min_cells
         conds = np.asarray(data.conditions)
         clean = clean_mask(data)
         seen = (data.split == "train") | (data.split == "val")
@@ -70,6 +70,12 @@ class ValidationEffects:
 
     def predictions(self, model, guide) -> np.ndarray:
         """The model's ATEs of :attr:`conditions` (rows aligned with :attr:`observed`)."""
+        if not self:
+            raise ValueError(
+                "no seen condition has validation cells to score against (each needs at least "
+                f"{self.min_cells} clean cells in the 'val' split); use a split with a larger "
+                "validation share, e.g. PerturbationData.from_anndata(..., "
+                "split_fractions=(0.8, 0.1, 0.1))")
         kw = dict(num_draws=self.num_draws, n_cells=self.n_cells, seed=self.seed, basal=self.basal)
         base = condition_draws(model, guide, self.data, self.data.control_label, **kw).mean(0)
         return np.stack([condition_draws(model, guide, self.data, c, **kw).mean(0) - base

@@ -100,6 +100,19 @@ def test_selection_criteria_keep_the_state_they_promise(run):
         fit(data, TrainConfig(epochs=1, select="best", progress=False))
 
 
+def test_selection_without_validation_cells_says_what_to_change(run):
+    from cradle_pyro.errors import CradleInputError
+    from inference.selection import ValidationEffects
+    adata = simulate_screen(n_cells=300, n_genes=30, n_singles=3, n_combinations=1, seed=3)
+    data = PerturbationData.from_anndata(adata, doublets=False, seed=3,
+                                         split_fractions=(1.0, 0.0, 0.0))
+    assert not ValidationEffects(data)
+    with pytest.raises(ValueError, match="split_fractions"):
+        ValidationEffects(data).predictions(run.model, run.guide)
+    with pytest.raises(CradleInputError, match="needs validation cells"):
+        fit(data, TrainConfig(epochs=1, select="ate", progress=False))
+
+
 def test_counterfactuals_and_individual_effects_carry_intervals(run):
     from inference.counterfactuals import counterfactual
 
