@@ -5,6 +5,7 @@ Imports :mod:`cradle_pyro` (the model side); never the reverse.
 
 from .artifacts import add_artifact_posterior, artifact_posterior
 from .counterfactuals import counterfactual
+from .cross_validation import cross_validate
 from .effects import PosteriorATE, data_ate, model_ate, posterior_ate, sample_cells
 from .embeddings import add_latents, latent_representation
 from .ensembles import ensemble_ate, fit_ensemble
@@ -28,6 +29,7 @@ __all__ = [
     "TrainConfig",
     "TrainedRun",
     "counterfactual",
+    "cross_validate",
     "data_ate",
     "ensemble_ate",
     "fit",

@@ -39,6 +39,18 @@ YAML keys are the long option names with '_' for '-', e.g.
   model: sams
   latent_dim: 16
   qc_columns: {low_total_counts: total_counts_transcriptome}""",
+    "cross-validate": """examples:
+  cradle-pyro cross-validate screen.h5ad --out cv.csv --split unseen-combinations
+  cradle-pyro cross-validate screen.h5ad --out cv_200.csv --split unseen-combinations --epochs 200
+
+Compares settings before you train: the seen cells (all but the split's test
+cells, which are never touched) of each condition are dealt into --folds
+folds; each fold validates a run trained on the others. The CSV has one row
+per fold: val_ate_mse (model ATE against the ATE of the fold's clean cells,
+mean over conditions and genes; lower is better), val_ate_r (Pearson r over
+genes, mean over conditions), val_conditions, val_cells. Run it once per
+setting with the same --seed (the same folds) and compare fold by fold. Takes
+--folds times a training; accepts every `train` option.""",
     "effects": """examples:
   cradle-pyro effects runs/cradle --perturbations "P0+P3,P1" --out ate.csv
   cradle-pyro effects runs/cradle --perturbations "P0+P3" --num-draws 500 --interval 0.95 --out ate.csv
@@ -296,6 +308,23 @@ def cmd_train(args):
              if opts["members"] > 1 else ""))
 
 
+def cmd_cross_validate(args):
+    from .cross_validation import cross_validate
+
+    opts = resolve_train_options(args)
+    if opts["counts_on_disk"] or opts["members"] != 1:
+        raise CradleInputError("cross-validate trains one run per fold with the counts in memory; "
+                               "drop --counts-on-disk and --members")
+    mc, tc = configs_from_options(opts)
+    data_args = _data_args(opts, opts["perturbation_key"], opts["control"])
+    table = cross_validate(_read(args.input), tc, mc, folds=args.folds, data_kwargs=data_args,
+                           seed=opts["seed"])
+    table.to_csv(args.out, index=False)
+    summary = "; ".join(f"{c} {table[c].mean():.4f} ± {table[c].std(ddof=1):.4f}"
+                        for c in ("val_ate_mse", "val_ate_r"))
+    print(f"{args.folds} folds: {summary} (mean ± sd over folds); wrote {args.out}")
+
+
 def cmd_effects(args):
     from .ensembles import ensemble_ate
     from .run_io import load_members
@@ -502,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name, help_text):
         p = sub.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES[name],
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        if name != "train":  # train takes it with its other options (TrainConfig.threads)
+        if name not in ("train", "cross-validate"):  # these take it as TrainConfig.threads
             p.add_argument("--threads", type=POSITIVE_INT, default=None,
                            help="CPU threads for torch (default: torch's own choice)")
         return p
@@ -528,26 +557,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=SEED, default=0)
     p.set_defaults(func=cmd_qc)
 
-    p = add("train", "train a model on an AnnData screen and save the run folder")
-    p.add_argument("input", help="input .h5ad with raw counts")
-    p.add_argument("--out", required=True, help="run folder to write")
-    p.add_argument("--perturbation-key", default=None, help="obs column of condition labels (default perturbation)")
-    p.add_argument("--control", default=None, help="label of control cells (default control)")
-    p.add_argument("--config", default=None, help="YAML file with any of the options below")
-    p.add_argument("--qc-column", action="append", metavar="CRITERION=OBS_COLUMN",
-                   help="QC criterion on an obs column (repeatable)")
+    def add_training(name, help_text, out_help):
+        p = add(name, help_text)
+        p.add_argument("input", help="input .h5ad with raw counts")
+        p.add_argument("--out", required=True, help=out_help)
+        p.add_argument("--perturbation-key", default=None,
+                       help="obs column of condition labels (default perturbation)")
+        p.add_argument("--control", default=None, help="label of control cells (default control)")
+        p.add_argument("--config", default=None, help="YAML file with any of the options below")
+        p.add_argument("--qc-column", action="append", metavar="CRITERION=OBS_COLUMN",
+                       help="QC criterion on an obs column (repeatable)")
+        for key, (_, typ, default, help_text) in TRAIN_OPTIONS.items():
+            flag = "--" + key.replace("_", "-")
+            if typ is bool and default is True:
+                p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                               help=help_text)
+            elif typ is bool:
+                p.add_argument(flag, action="store_const", const=True, default=None,
+                               help=help_text)
+            else:
+                p.add_argument(flag, type=typ, default=None,
+                               help=f"{help_text} (default {default})")
+        return p
+
+    p = add_training("train", "train a model on an AnnData screen and save the run folder",
+                     "run folder to write")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --out (nothing of it is kept)")
-    for key, (_, typ, default, help_text) in TRAIN_OPTIONS.items():
-        flag = "--" + key.replace("_", "-")
-        if typ is bool and default is True:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif typ is bool:
-            p.add_argument(flag, action="store_const", const=True, default=None, help=help_text)
-        else:
-            p.add_argument(flag, type=typ, default=None, help=f"{help_text} (default {default})")
     p.set_defaults(func=cmd_train)
+
+    p = add_training("cross-validate", "score a training setting on validation cells of seen "
+                     "conditions, every seen cell once (K-fold; test cells untouched)",
+                     "output CSV, one row per fold")
+    p.add_argument("--folds", type=_number(int, low=2), default=5,
+                   help="folds, and trainings (default 5)")
+    p.set_defaults(func=cmd_cross_validate)
 
     def run_cmd(name, help_text):
         p = add(name, help_text)
@@ -616,7 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-FILE_OUTPUTS = ("qc", "effects", "sample", "counterfactual", "artifacts", "embed", "diagnose")
+FILE_OUTPUTS = ("qc", "cross-validate", "effects", "sample", "counterfactual", "artifacts", "embed", "diagnose")
 
 
 def _check_output_file(path):

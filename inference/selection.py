@@ -85,6 +85,13 @@ class ValidationEffects:
         """Mean squared difference between model and validation ATEs."""
         return float(((self.predictions(model, guide) - self.observed) ** 2).mean())
 
+    def scores(self, model, guide=None, predictions=None) -> dict:
+        """``val_ate_mse`` (as :meth:`error`) and ``val_ate_r`` (Pearson r over genes, mean over
+        conditions) of the model's ATEs, or of given ``predictions`` (rows: :attr:`conditions`)."""
+        pred = self.predictions(model, guide) if predictions is None else np.asarray(predictions)
+        r = np.mean([np.corrcoef(a, b)[0, 1] for a, b in zip(pred, self.observed)])
+        return {"val_ate_mse": float(((pred - self.observed) ** 2).mean()), "val_ate_r": float(r)}
+
 
 def validation_ate_error(model, guide, data, **kwargs) -> float:
     """:meth:`ValidationEffects.error` in one call (see the module docstring)."""

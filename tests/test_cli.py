@@ -117,6 +117,20 @@ def test_bad_input_is_one_line_and_nonzero(screen, run_dir, tmp_path):
     assert unknown.returncode == 2 and "ZZZ" in unknown.stderr
 
 
+def test_cross_validate_writes_one_row_per_fold(screen, tmp_path, capsys):
+    out = tmp_path / "cv.csv"
+    assert main(["cross-validate", str(screen), "--out", str(out), "--split", "unseen-combinations",
+                 "--folds", "2", "--epochs", "1", "--latent-dim", "4", "--hidden-dim", "16",
+                 "--no-doublets"]) == 0
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["fold", "val_ate_mse", "val_ate_r", "val_conditions", "val_cells"]
+    assert list(table["fold"]) == [0, 1] and np.isfinite(table["val_ate_mse"]).all()
+    assert "2 folds: val_ate_mse" in capsys.readouterr().out
+    assert main(["cross-validate", str(screen), "--out", str(out), "--members", "2"]) == 2
+    with pytest.raises(SystemExit):  # argparse: one fold cannot validate
+        main(["cross-validate", str(screen), "--out", str(out), "--folds", "1"])
+
+
 def test_help_teaches_with_examples():
     out = subprocess.run([sys.executable, "-m", "inference.cli", "train", "--help"],
                          capture_output=True, text=True).stdout
