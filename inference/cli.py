@@ -135,7 +135,7 @@ TRAIN_OPTIONS = {
     "gene_effect_prior": ("model", str, "laplace", "prior of the direct per-gene "
                           "effects: laplace, normal or student-t, each also as *-learnt-scale "
                           "(a scale per perturbation learnt with the model)"),
-    "gene_effect_scale": ("model", float, 1.0, "prior scale of the direct per-gene effects "
+    "gene_effect_scale": ("model", float, 3.0, "prior scale of the direct per-gene effects "
                           "(natural log; the starting scale when learnt)"),
     "artifact_state": ("model", str, "observed", "observed (the QC flags are the artifact "
                        "state) or latent (flags and QC covariates are evidence about it; "
