@@ -21,17 +21,15 @@ Writes benchmarks/results/norman_error_sources.json.
 
 import argparse
 import json
-from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 
 from cradle_pyro.splits import targets_of
-from gene_effects import NORMAN, norman_data
+from gene_effects import NORMAN, RESULTS, norman_data
 from inference.scoring import score_ates, summarise_scores
 
-RESULTS = Path(__file__).resolve().parent / "results"
 COLUMNS = ("pearson_all", "pearson_top", "slope_top")
 
 

@@ -87,11 +87,11 @@ def cross_validate(adata: ad.AnnData, train_config: TrainConfig | None = None,
     """
     if not isinstance(folds, int) or folds < 2:
         raise CradleInputError(f"folds={folds!r}: use an integer of at least 2")
+    if not adata.obs_names.is_unique:  # the fold labels are placed by name
+        raise CradleInputError("cross_validate needs unique obs_names; call adata.obs_names_make_unique()")
     kwargs = {"seed": seed, **(data_kwargs or {})}
     official = PerturbationData.from_anndata(adata, **kwargs)
-    position = pd.Index(adata.obs_names).get_indexer(official.obs_names)
-    if (position < 0).any() or not adata.obs_names.is_unique:
-        raise CradleInputError("cross_validate needs unique obs_names; call adata.obs_names_make_unique()")
+    position = adata.obs_names.get_indexer(official.obs_names)
     obs = adata.obs.copy()
     rows = []
     for fold in range(folds):

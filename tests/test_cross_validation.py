@@ -46,3 +46,7 @@ def test_cross_validate_scores_each_fold_and_leaves_the_anndata_alone(adata):
     assert list(adata.obs.columns) == before
     with pytest.raises(CradleInputError, match="folds"):
         cross_validate(adata, folds=1, data_kwargs=SPLIT)
+    twins = adata.copy()
+    twins.obs_names = ["cell"] * twins.n_obs
+    with pytest.raises(CradleInputError, match="obs_names_make_unique"):
+        cross_validate(twins, folds=2, data_kwargs=SPLIT)
