@@ -21,7 +21,7 @@ Each seed and setting writes ``results/cross_validation/seed<k>/<setting>.json``
 (run seeds and settings in parallel processes); ``--summarise`` gathers the
 settings every seed has into ``results/cross_validation.json`` (mean ± sd over
 seeds, and the paired difference of each setting from ``epochs100``, the
-defaults).
+defaults, and from ``gene_effect_scale3``, the defaults after it).
 
     python benchmarks/cross_validation.py --seeds 0 [--settings '{"epochs100": {}, ...}']
     python benchmarks/cross_validation.py --summarise
@@ -46,6 +46,9 @@ from inference.scoring import held_out_conditions, single_conditions
 FOLDS = 5
 OUT = RESULTS / "cross_validation"
 DEFAULT_SETTINGS = {"epochs100": {}, "epochs50": {"epochs": 50}, "epochs200": {"epochs": 200}}
+# settings every other is compared with, fold by fold: the first defaults (100 epochs, direct-path
+# scale 1.0; its files were written before the scale changed) and the defaults since (scale 3.0)
+REFERENCES = ("epochs100", "gene_effect_scale3")
 
 
 def seed_scores(adata, seed, settings, threads):
@@ -84,9 +87,11 @@ def summarise():
         summary[name] = {}
         for k in keys:
             vals = np.array([s[name][k] for s in per_seed.values()])
-            diff = vals - np.array([s[first][k] for s in per_seed.values()])
-            summary[name][k] = {"mean": float(vals.mean()), "sd": float(vals.std(ddof=1)),
-                                f"paired_minus_{first}": [round(float(d), 4) for d in diff]}
+            summary[name][k] = {"mean": float(vals.mean()), "sd": float(vals.std(ddof=1))}
+            for ref in REFERENCES:
+                if ref in names:
+                    diff = vals - np.array([s[ref][k] for s in per_seed.values()])
+                    summary[name][k][f"paired_minus_{ref}"] = [round(float(d), 4) for d in diff]
     path = RESULTS / "cross_validation.json"
     path.write_text(json.dumps({"settings": f"{FOLDS}-fold cross-validation over the seen cells "
                                             "of Norman's official split; each setting's changes "

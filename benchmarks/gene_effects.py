@@ -39,10 +39,12 @@ from simulator_effects import recovery, truth_table
 ROOT = Path(__file__).resolve().parents[1]
 NORMAN = ROOT.parent / "shared" / "data" / "norman2019_k562_crispra_subset.h5ad"
 RESULTS = ROOT / "benchmarks" / "results"
-# simulator screens: the default one, CRISPRi-like knockdowns of each single's target, and
+# simulator screens: the default one, CRISPRi-like knockdowns of each single's target,
 # direct (non-latent) effects of each single on 10 genes
+# direct (non-latent) effects of each single on 10 genes; perturbations that change the library
 SCREENS = {"simulator": {}, "crispri": {"knockdown": -2.0},
-           "direct": {"direct_genes": 10, "direct_scale": 0.7}}
+           "direct": {"direct_genes": 10, "direct_scale": 0.7},
+           "library": {"library_effect_scale": 0.5}}
 
 
 def model_config(model: str, scale: str, **extra) -> ModelConfig:

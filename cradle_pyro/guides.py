@@ -3,8 +3,8 @@
 Both are plain :class:`~pyro.nn.PyroModule` callables with the model's
 signature. They sample the same latent sites as the model
 (``effect``, ``mask``, ``mask_rate`` for ``svae+``, ``artifact_effect``,
-``target_effect`` where targets are measured genes, ``gene_effect`` when
-switched on, ``basal``).
+``target_effect`` where targets are measured genes, ``gene_effect`` and
+``library_effect`` when switched on, ``basal``).
 
 The basal-posterior protocol
 ----------------------------
@@ -232,6 +232,10 @@ class CorrelatedGuide(_GuideBase):
             self.target_effect_loc = PyroParam(torch.zeros(P))
             self.target_effect_scale = PyroParam(torch.full((P,), 0.1),
                                                  constraint=constraints.positive)
+        if model.use_library_effects:
+            self.library_effect_loc = PyroParam(torch.zeros(P))
+            self.library_effect_scale = PyroParam(torch.full((P,), 0.01),
+                                                  constraint=constraints.positive)
         if model.use_gene_effects:
             self.gene_effect_loc = PyroParam(torch.zeros(P, model.n_genes))
             self.gene_effect_scale = PyroParam(torch.full((P, model.n_genes), 0.01),
@@ -253,11 +257,16 @@ class CorrelatedGuide(_GuideBase):
         """effect, mask, artifact_effect and (latent artifact state) the flag rates drawn."""
         cfg, m = self.model.config, self.model
         effect = mask = artifact_effect = flag_rates = None
+        perturbations = pyro.plate("perturbations", m.n_perturbations, dim=-1)
+        if m.use_library_effects:
+            with perturbations:
+                pyro.sample("library_effect", dist.Normal(self.library_effect_loc,
+                                                          self.library_effect_scale))
         if cfg.use_embeddings:
             if cfg.beta_bernoulli_mask:
                 c = self.mask_rate_concentration
                 pyro.sample("mask_rate", dist.Beta(c[:, 0], c[:, 1]).to_event(1))
-            with pyro.plate("perturbations", m.n_perturbations, dim=-1):
+            with perturbations:
                 if cfg.use_mask:
                     mask = pyro.sample("mask", BernoulliStraightThrough(
                         self.mask_logits, self.temperature).to_event(1))
@@ -368,11 +377,11 @@ class CombinedGuide(PyroModule):
     >>> from pyro.infer.autoguide import AutoNormal
     >>> from cradle_pyro.config import ModelConfig
     >>> model = CradleModel(30, 4, 1, ModelConfig(model="cpa"))
-    >>> guide = CombinedGuide(AutoNormal(poutine.block(model, expose=["effect", "gene_effect"])),
+    >>> guide = CombinedGuide(AutoNormal(poutine.block(model, expose=["effect", "gene_effect", "library_effect"])),
     ...                       BasalGuide(model))
 
     With a mask (``cradle``, ``sams``): ``CombinedGuide(AutoNormal(poutine.block(model,
-    expose=["effect", "gene_effect", "artifact_effect"])), MaskGuide(model), BasalGuide(model))``.
+    expose=["effect", "gene_effect", "library_effect", "artifact_effect"])), MaskGuide(model), BasalGuide(model))``.
     """
 
     def __init__(self, *parts):

@@ -14,11 +14,15 @@ site                 shape   plate          role
                                             when the target is a measured gene
 ``gene_effect``      P × G   perturbations  direct sparse log-fold effect of a
                                             perturbation on every gene (``gene_effects``)
+``library_effect``   P       perturbations  log-fold effect of a perturbation on the
+                                            library size (``library_effects``)
 ``dosage``           n × P   cells          treatment received (observed, intervenable)
 ``artifact``         n × A   cells          artifact state (observed, or latent with
                                             its QC evidence: :mod:`.artifact_state`)
 ``basal``            n × d   cells          the cell before anything happened
-``library``          n       cells          only sampled when no library size is given
+``library``          n       cells          observed; with ``library_effects`` a mediator
+                                            of the dosage, else only sampled when no
+                                            library size is given
 ``counts``           n × G   cells          observed UMI counts
 ===================  ======  =============  =========================================
 
@@ -27,11 +31,16 @@ site                 shape   plate          role
     z_n      = combine(basal_n, dosage_n @ (effect * mask), artifact_n @ artifact_effect)
     logits_n = decoder(z_n) + Σ_p dosage_np · target_effect_p · onehot(target gene of p)
                             + Σ_p dosage_np · gene_effect_p
+    library_n ~ LogNormal(library_loc + dosage_n @ library_effect, library_scale)
     counts_n ~ NB(mean = library_n * softmax(logits_n), dispersion)
 
 The ``target_effect`` path exists because a CRISPRi/CRISPRa guide acts first
 on one gene: a low-dimensional latent shared by all genes cannot move one gene
 far without moving others, so without it the target's own knockdown is shrunk.
+The ``library_effect`` path exists because a perturbation can change how much
+RNA a cell holds; normalised expression of low-count genes moves with the
+library, so an effect taken at the libraries cells had without the
+perturbation is not the effect the data show.
 
 Example
 -------
@@ -40,7 +49,7 @@ Example
 >>> model = CradleModel(n_genes=30, n_perturbations=4, n_artifacts=1)
 >>> tr = poutine.trace(model).get_trace(n_cells=5)
 >>> [n for n in tr.stochastic_nodes if n not in ("perturbations", "artifact_kinds", "cells")]
-['effect', 'mask', 'gene_effect', 'artifact_effect', 'dosage', 'artifact', 'basal', 'library', 'counts']
+['library_effect', 'effect', 'mask', 'gene_effect', 'artifact_effect', 'dosage', 'artifact', 'basal', 'library', 'counts']
 >>> tuple(tr.nodes["counts"]["value"].shape)
 (5, 30)
 """
@@ -51,6 +60,7 @@ import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.distributions import constraints
 from pyro.nn import PyroModule, PyroParam
 
 from .artifact_state import ArtifactEvidence
@@ -111,8 +121,13 @@ class CradleModel(PyroModule):
         self.latent_dim = config.latent_dim
         self.register_buffer("dosage_freq", _freq(dosage_freq, n_perturbations))
         self.register_buffer("artifact_freq", _freq(artifact_freq, self.n_artifacts))
-        self.register_buffer("library_loc", torch.tensor(float(library_loc)))
-        self.register_buffer("library_scale", torch.tensor(float(library_scale)))
+        if config.library_effects:  # the untreated cells' library, fitted with the effects on it
+            self.library_loc = PyroParam(torch.tensor(float(library_loc)))
+            self.library_scale = PyroParam(torch.tensor(float(library_scale)),
+                                           constraint=constraints.positive)
+        else:
+            self.register_buffer("library_loc", torch.tensor(float(library_loc)))
+            self.register_buffer("library_scale", torch.tensor(float(library_scale)))
         # gene index of each perturbation's target (-1: not measured)
         self.register_buffer("target_gene", torch.as_tensor(
             target_gene if target_gene is not None else [-1] * n_perturbations, dtype=torch.long))
@@ -142,8 +157,11 @@ class CradleModel(PyroModule):
         bias starts at the log mean expression proportions of training cells.
         """
         train = data.indices("train")
-        log_lib = np.log(data.library[train])
         config = config or ModelConfig()
+        untreated = train[data.dosage[train].sum(1) == 0]
+        # with library effects the LogNormal's centre is the untreated cells' (dosage 0)
+        log_lib = np.log(data.library[untreated if config.library_effects and len(untreated) > 1
+                                      else train])
         artifact_freq = data.artifact[train].mean(0)
         if config.latent_artifacts:  # the flagged share, spread over the causes
             flagged = data.artifact[train].max(1).mean() if data.n_artifacts else 0.05
@@ -210,6 +228,11 @@ class CradleModel(PyroModule):
         return self.config.gene_effect_scale
 
     @property
+    def use_library_effects(self) -> bool:
+        """Whether the ``library_effect`` site exists (the library is a mediator)."""
+        return bool(self.config.library_effects)
+
+    @property
     def dispersion(self):
         return self.log_dispersion.exp()
 
@@ -261,6 +284,37 @@ class CradleModel(PyroModule):
             shift = shift + torch.matmul(dosage, gene_effect)
         return shift
 
+    def library_shift(self, dosage, library_effect):
+        """dosage @ library_effect: the log-library shift a treatment causes (0 without)."""
+        if library_effect is None:
+            return torch.zeros(dosage.shape[:-1], device=dosage.device, dtype=dosage.dtype)
+        return (dosage * library_effect.unsqueeze(-2)).sum(-1)
+
+    def library_distribution(self, dosage, library_effect):
+        """p(library | dosage): LogNormal around the untreated cells' log library, shifted."""
+        loc = self.library_loc + self.library_shift(dosage, library_effect)
+        return dist.LogNormal(loc, self.library_scale)
+
+    def counterfactual_library(self, library, dosage, new_dosage, library_effect):
+        """The library ``library`` (observed under ``dosage``) would have had under ``new_dosage``.
+
+        Abduction of the LogNormal's noise: the cell keeps its own deviation
+        from its treatment's mean log library, and only the treatment's shift
+        changes: ``library · exp(shift(new_dosage) − shift(dosage))``. Without
+        library effects the library is exogenous and comes back unchanged.
+
+        >>> import torch
+        >>> model = CradleModel(5, 2, 1, ModelConfig(library_effects=True))
+        >>> model.counterfactual_library(torch.tensor([100.]), torch.tensor([[1., 0.]]),
+        ...                              torch.tensor([0., 0.]), torch.tensor([0.5, 0.]))
+        tensor([60.6531])
+        """
+        if library_effect is None:
+            return library
+        shift = (self.library_shift(new_dosage, library_effect)
+                 - self.library_shift(dosage, library_effect))
+        return library * shift.exp()
+
     # --------------------------------------------------------------- priors
     def _prior(self, site, default, shape, scale=1.0):
         spec = self.config.priors.get(site, default)
@@ -268,9 +322,15 @@ class CradleModel(PyroModule):
 
     def sample_globals(self):
         """effect, mask (and mask_rate), artifact_effect, (target_effect, gene_effect), flag
-        rates; ``None`` where off."""
+        rates, library_effect; ``None`` where off."""
         cfg, d, P, A = self.config, self.latent_dim, self.n_perturbations, self.n_artifacts
         effect = mask = artifact_effect = target_effect = gene_effect = flag_rates = None
+        library_effect = None
+        perturbations = pyro.plate("perturbations", P, dim=-1)  # one plate, entered where needed
+        if self.use_library_effects:
+            with perturbations:
+                library_effect = pyro.sample("library_effect", self._prior(
+                    "library_effect", "normal", (P,), cfg.library_effect_scale))
         if cfg.use_embeddings:
             if cfg.beta_bernoulli_mask:
                 a, b = (torch.tensor(float(v), device=self.dosage_freq.device) for v in cfg.mask_beta)
@@ -284,7 +344,7 @@ class CradleModel(PyroModule):
                             if self.use_target_effects else None)
             gene_prior = (self._prior("gene_effect", cfg.gene_effect_prior, (P, self.n_genes),
                                       self.gene_effect_prior_scale) if self.use_gene_effects else None)
-            with pyro.plate("perturbations", P, dim=-1):
+            with perturbations:
                 effect = pyro.sample("effect", effect_prior.to_event(1))
                 if cfg.use_mask:
                     # rate is (d,) or, under a particle plate, (..., 1, d)
@@ -305,14 +365,15 @@ class CradleModel(PyroModule):
         if cfg.latent_artifacts:
             flag_rates = ((sensitivity, self.artifact_evidence.sample_specificity())
                           if self.artifact_evidence.n_flags else (None, None))
-        return effect, mask, artifact_effect, (target_effect, gene_effect), flag_rates
+        return effect, mask, artifact_effect, (target_effect, gene_effect), flag_rates, library_effect
 
     # ---------------------------------------------------------------- story
     def forward(self, counts=None, dosage=None, artifact=None, library=None, *, qc=None,
                 flags=None, cell_index=None, num_cells=None, reference=None, n_cells=None):
         n = _batch_size(counts, dosage, artifact, library, n_cells)
         device = self.dosage_freq.device
-        effect, mask, artifact_effect, direct_effects, flag_rates = self.sample_globals()
+        (effect, mask, artifact_effect, direct_effects, flag_rates,
+         library_effect) = self.sample_globals()
         latent = self.config.latent_artifacts
         if latent:  # not observed: the QC flags and covariates are evidence of it
             artifact = None
@@ -327,9 +388,10 @@ class CradleModel(PyroModule):
             basal = pyro.sample("basal", self._prior("basal", "normal", (n, self.latent_dim)).to_event(1))
             z = self.combine(basal, self.perturbation_offset(dosage, effect, mask),
                              self.artifact_offset(artifact, artifact_effect))
-            if library is None:
-                library = pyro.sample("library", dist.LogNormal(self.library_loc, self.library_scale)
-                                      .expand([n]))
+            if library is None or library_effect is not None:
+                prior = self.library_distribution(dosage, library_effect)
+                library = pyro.sample("library", prior.expand(
+                    torch.broadcast_shapes(prior.batch_shape, (n,))), obs=library)
             logits = self.decoder(z) + self.direct_shift(dosage, *direct_effects)
             # log expected counts: log library + log proportions (softmax of the logits)
             log_mean = library.log().unsqueeze(-1) + torch.log_softmax(logits, -1)

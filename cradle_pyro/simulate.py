@@ -83,6 +83,7 @@ def simulate_screen(
     direct_genes: int = 0,
     direct_scale: float = 0.7,
     keep_expected: bool = False,
+    library_effect_scale: float = 0.0,
     seed: int = 0,
 ) -> ad.AnnData:
     """Simulate a CRISPR screen with known effects and injected artifacts.
@@ -118,6 +119,12 @@ def simulate_screen(
         Also keep ``layers["clean_expected"]``: each cell's expected clean
         counts (library × proportions, dense), the noise-free target of
         counterfactual cleaning.
+    library_effect_scale
+        Give each single a natural-log shift of the library size drawn from
+        N(0, ``library_effect_scale``) (combinations add their singles'): a
+        perturbation that changes how much RNA a cell holds (KLF1 activation
+        on Norman). The true ATEs are taken at each condition's libraries;
+        ``uns["truth"]["library_effect"]`` holds the shifts (singles).
     n_truth_cells
         Clean cells per condition drawn (common basal states) to compute the
         true average treatment effects in ``uns["truth"]["ate"]``.
@@ -159,6 +166,12 @@ def simulate_screen(
     state = rng.integers(0, n_states, n_cells)
     basal = centres[state] + rng.normal(0.0, 0.6, (n_cells, latent_dim))
     library = library_median * np.exp(rng.normal(0.0, 0.35, n_cells))
+    # drawn only when asked for, so screens without it keep their random stream
+    single_library = (rng.normal(0.0, library_effect_scale, len(singles))
+                      if library_effect_scale > 0 else np.zeros(len(singles)))
+    shift = dict(zip(singles, single_library))
+    condition_library = np.array([sum(shift.get(t, 0.0) for t in c.split("+")) for c in conditions])
+    library = library * np.exp(condition_library[cond_idx])
     clean = draw(cond_idx, basal, library)
 
     observed = clean.copy()
@@ -181,7 +194,8 @@ def simulate_screen(
         0.0, 0.6, (n_truth_cells, latent_dim))
     lib_truth = library_median * np.exp(rng.normal(0.0, 0.35, n_truth_cells))
     norm_means = np.stack([
-        _perturbseq_norm(draw(np.full(n_truth_cells, c), z_truth, lib_truth)).mean(0)
+        _perturbseq_norm(draw(np.full(n_truth_cells, c), z_truth,
+                              lib_truth * np.exp(condition_library[c]))).mean(0)
         for c in range(len(conditions))
     ])
     ate = norm_means[1:] - norm_means[0]
@@ -217,6 +231,7 @@ def simulate_screen(
         "target_gene": np.array(singles if knockdown is not None else []),
         "knockdown": cis,
         "direct_effect": design.direct,
+        "library_effect": single_library,
         "seed": seed,
     }
     adata.uns["control_label"] = "control"

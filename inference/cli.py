@@ -137,6 +137,11 @@ TRAIN_OPTIONS = {
                           "(a scale per perturbation learnt with the model)"),
     "gene_effect_scale": ("model", float, 3.0, "prior scale of the direct per-gene effects "
                           "(natural log; the starting scale when learnt)"),
+    "library_effects": ("model", bool, True, "the library size as a mediator: each "
+                        "perturbation's effect on it is learnt, and an intervention moves each "
+                        "cell's library with it (--no-library-effects: exogenous)"),
+    "library_effect_scale": ("model", float, 1.0, "prior scale of the effects on the library "
+                             "size (natural log)"),
     "artifact_state": ("model", str, "observed", "observed (the QC flags are the artifact "
                        "state) or latent (flags and QC covariates are evidence about it; "
                        "cleaning then trusts the posterior, not the threshold)"),

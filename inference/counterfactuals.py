@@ -8,7 +8,9 @@ For observed cells, :func:`counterfactual`
 2. **action**: intervenes with ``do`` (remove the artifact, switch the
    perturbation, or both);
 3. **prediction**: runs the intervened model forward with that same basal
-   state, library size and globals, and reports expected and sampled counts.
+   state, library size and globals, and reports expected and sampled counts
+   (where the library mediates the dosage, ``library_effects``, the cell's
+   library takes the intervention's shift and keeps its own noise).
 
 This differs from a plain intervention (:func:`inference.effects.sample_cells`),
 which draws *new* cells with basal states from the prior: a counterfactual
@@ -40,7 +42,7 @@ from pyro import poutine
 
 from .artifacts import artifact_posterior
 from .effects import _names
-from .interventions import artifact_value, intervene
+from .interventions import artifact_value, counterfactual_library, intervene
 from .seeding import keeps_global_rng
 
 
@@ -143,7 +145,10 @@ def counterfactual(model, guide, data, *, artifact=None, dosage=None, split=None
             draws_cf, draws_fa, acc = [], [], {}
             for s in range(num_samples):
                 gtr = poutine.trace(guide).get_trace(**dict(kwargs, reference=None))
-                fn_cf, x_cf = _predict(model_do, gtr, kwargs)
+                # a library that mediates the dosage moves with it; the cell keeps its own noise
+                kw_cf = dict(kwargs, library=counterfactual_library(
+                    model, gtr, kwargs["library"], kwargs["dosage"], dosage, names))
+                fn_cf, x_cf = _predict(model_do, gtr, kw_cf)
                 fn_fa, x_fa = _predict(model, gtr, kwargs)
                 mean_cf, mean_fa = fn_cf.mean, fn_fa.mean
                 if s == 0 and noise == "shared":

@@ -32,7 +32,7 @@ from pyro import poutine
 
 from cradle_pyro.errors import CradleInputError
 
-from .interventions import intervene
+from .interventions import counterfactual_library, intervene
 from .objective import PARTICLE_DIM
 from .seeding import keeps_global_rng
 
@@ -52,23 +52,40 @@ def clean_mask(data) -> np.ndarray:
     return data.artifact.sum(1) == 0
 
 
-def resample_library(data, n, rng, clean_only=True):
-    """Library sizes drawn from the training cells (clean ones by default)."""
+def resample_library(data, n, rng, clean_only=True, model=None):
+    """Library sizes drawn from the training cells (clean ones by default), and the
+    dosage each was observed under: (libraries, dosages).
+
+    A run loaded without its training file knows the cells' libraries and
+    (runs saved since library effects) their dosages; without the dosages,
+    where ``model`` makes the library a mediator, the sizes could not be moved
+    to an intervention, and ``(None, None)`` is returned: the model draws them
+    from its own library distribution.
+    """
     idx = data.indices("train")
     if clean_only:
         clean = idx[clean_mask(data)[idx]]
         idx = clean if len(clean) else idx
-    return data.library[rng.choice(idx, n, replace=True)]
+    picked = rng.choice(idx, n, replace=True)
+    dosage = data.saved_dosage if getattr(data, "is_stand_in", False) else data.dosage
+    if dosage is None:
+        return (None, None) if getattr(model, "use_library_effects", False) else (
+            data.library[picked], None)
+    return data.library[picked], dosage[picked]
 
 
 def generate(model, guide, n_cells: int, *, dosage=None, artifact="clean", library=None,
              num_particles: int = 1, names: dict | None = None, expected: bool = False,
-             cells=None):
+             cells=None, library_dosage=None):
     """Counts of new cells under an intervention; shape (particles, n_cells, genes).
 
     ``library`` is a tensor of n_cells sizes, or ``None`` to sample the model's
-    library prior. With ``expected=True`` the expected counts are returned
-    instead of samples.
+    library prior (under the intervention). ``library_dosage`` (n_cells × P)
+    says under which treatment those sizes were observed: where the model
+    makes the library a mediator (``library_effects``) each is then moved to
+    ``do(dosage)`` (:func:`~inference.interventions.counterfactual_library`);
+    ``None`` uses them as they are. With ``expected=True`` the expected counts
+    are returned instead of samples.
 
     ``cells`` (a :class:`~cradle_pyro.data.Batch` of observed cells, or
     ``None``) chooses where the basal states come from: ``None`` draws them
@@ -76,7 +93,8 @@ def generate(model, guide, n_cells: int, *, dosage=None, artifact="clean", libra
     state from the guide's q(basal | x) given what the cell received (its own
     dosage and artifact state), and then applies the intervention to that same
     cell (Pearl's abduction, action, prediction). ``n_cells`` must then be the
-    batch's size, and ``library`` defaults to the cells' own libraries.
+    batch's size, and ``library`` defaults to the cells' own libraries, moved
+    to the intervention like any observed library.
     """
     names = names or {}
     cfg = getattr(model, "config", None)
@@ -90,10 +108,13 @@ def generate(model, guide, n_cells: int, *, dosage=None, artifact="clean", libra
             raise ValueError(f"n_cells={n_cells} but {cells.size} cells to abduct from")
         observed = dict(counts=cells.counts, dosage=cells.dosage, artifact=cells.artifact,
                         library=cells.library, qc=cells.qc, flags=cells.flags)
-        library = cells.library if library is None else library
+        if library is None:
+            library, library_dosage = cells.library, cells.dosage
     lib = None if library is None else torch.as_tensor(library, dtype=torch.float32, device=device)
     with torch.no_grad(), pyro.plate("particles", num_particles, dim=PARTICLE_DIM):
         guide_trace = poutine.trace(guide).get_trace(n_cells=n_cells, **observed)
+        if library_dosage is not None:
+            lib = counterfactual_library(model, guide_trace, lib, library_dosage, dosage, names)
         trace = poutine.trace(poutine.replay(model_do, trace=guide_trace)).get_trace(
             library=lib, n_cells=n_cells)
     if expected:
@@ -113,7 +134,9 @@ def sample_cells(model, guide, data, condition: str, n: int = 200, artifact="cle
                  library=None, seed: int = 0, globals: str = "per-cell") -> ad.AnnData:
     """``n`` generated cells under ``do(dosage=condition, artifact=artifact)`` as AnnData.
 
-    Counts in ``X``; obs ``perturbation``, ``intervention_artifact`` and ``library``.
+    Counts in ``X``; obs ``perturbation``, ``intervention_artifact`` and ``library``
+    (the size drawn from a training cell; where the model has library effects
+    the cell is generated at that size moved to the condition's, per draw).
 
     ``globals`` says how the global latents (effects, masks, artifact effects)
     are drawn from the guide's posterior: ``"per-cell"`` (default) gives every
@@ -126,14 +149,21 @@ def sample_cells(model, guide, data, condition: str, n: int = 200, artifact="cle
         raise ValueError(f"globals={globals!r}; use 'per-cell' or 'one-draw'")
     pyro.set_rng_seed(seed)
     rng = np.random.default_rng(seed)
-    lib = resample_library(data, n, rng) if library is None else np.broadcast_to(library, (n,))
+    if library is None:
+        lib, lib_dosage = resample_library(data, n, rng, model=model)
+    else:
+        lib, lib_dosage = np.broadcast_to(library, (n,)), None
     if globals == "per-cell":  # a particle per cell, each particle holds one cell
         counts = generate(model, guide, 1, dosage=condition, artifact=artifact,
-                          library=np.asarray(lib)[:, None], num_particles=n,
-                          names=_names(data))[:, 0].cpu().numpy()
+                          library=None if lib is None else np.asarray(lib)[:, None],
+                          num_particles=n, names=_names(data),
+                          library_dosage=None if lib_dosage is None else lib_dosage[:, None])
+        counts = counts[:, 0].cpu().numpy()
     else:
         counts = generate(model, guide, n, dosage=condition, artifact=artifact, library=lib,
-                          names=_names(data))[0].cpu().numpy()
+                          names=_names(data), library_dosage=lib_dosage)[0].cpu().numpy()
+    if lib is None:  # drawn by the model: report the generated cells' totals
+        lib = counts.sum(1)
     obs = pd.DataFrame({"perturbation": condition, "intervention_artifact": str(artifact),
                         "library": np.asarray(lib, dtype=float)},
                        index=[f"{condition}_generated{i}" for i in range(n)])
@@ -205,12 +235,12 @@ def condition_draws(model, guide, data, condition, *, num_draws: int = 100, n_ce
     for start in range(0, num_draws, chunk):
         s = min(chunk, num_draws - start)
         if pool is None:
-            cells, lib = None, resample_library(data, n_cells, rng)
+            cells, (lib, lib_dosage) = None, resample_library(data, n_cells, rng, model=model)
         else:
             picked = rng.choice(pool, n_cells, replace=len(pool) < n_cells)
-            cells, lib = data.batch(picked, device=model.device), None
+            cells, lib, lib_dosage = data.batch(picked, device=model.device), None, None
         x = generate(model, guide, n_cells, dosage=condition, artifact=artifact, library=lib,
-                     num_particles=s, names=_names(data), cells=cells)
+                     num_particles=s, names=_names(data), cells=cells, library_dosage=lib_dosage)
         rows.append(perturbseq_normalise(x).mean(1).cpu().numpy())
     return np.concatenate(rows)
 

@@ -2,7 +2,8 @@
 
 :func:`intervene` returns the model under ``do`` for any of its sample sites
 (:data:`INTERVENABLE`: ``dosage``, ``artifact``, ``basal``, ``library``,
-``effect``, ``mask``, ``artifact_effect``, ``target_effect``). Values may be
+``effect``, ``mask``, ``artifact_effect``, ``target_effect``, ``gene_effect``,
+``library_effect``). Values may be
 friendly: ``artifact="clean"`` (all kinds 0), ``"artifact"`` (all 1), an
 artifact kind's name; ``dosage="A+B"`` or a target name or ``"control"``; or
 tensors broadcastable to the site (per-cell sites: one value for every cell or
@@ -57,7 +58,7 @@ from cradle_pyro.model import _batch_size
 from cradle_pyro.splits import targets_of
 
 INTERVENABLE = ("dosage", "artifact", "basal", "library", "effect", "mask", "artifact_effect",
-                "target_effect", "gene_effect")
+                "target_effect", "gene_effect", "library_effect")
 PER_CELL = ("dosage", "artifact", "basal", "library")
 
 
@@ -172,6 +173,38 @@ def intervene(model, *, dosage=None, artifact=None, perturbation_names=None,
             return poutine.condition(poutine.do(model, data=values), data=values)(*args, **kwargs)
 
     return intervened
+
+
+def counterfactual_library(model, guide_trace, library, factual_dosage, dosage, names=None):
+    """Libraries observed under ``factual_dosage``, moved to the intervention ``do(dosage)``.
+
+    Where the model has a ``library_effect`` site (``ModelConfig.library_effects``:
+    the library is a mediator of the dosage), each cell keeps its own noise
+    and takes the intervention's shift, under the draw of ``library_effect`` in
+    ``guide_trace`` (:meth:`~cradle_pyro.model.CradleModel.counterfactual_library`).
+    Otherwise, or without a dosage intervention, ``library`` is returned as is.
+
+    >>> import torch
+    >>> from pyro import poutine
+    >>> from cradle_pyro.config import ModelConfig
+    >>> from cradle_pyro.guides import make_guide
+    >>> from cradle_pyro.model import CradleModel
+    >>> model = CradleModel(5, 2, 1, ModelConfig(library_effects=True))
+    >>> tr = poutine.trace(make_guide("correlated", model)).get_trace(n_cells=1)
+    >>> lib = counterfactual_library(model, tr, torch.tensor([100.]), torch.zeros(1, 2), "P0")
+    >>> torch.allclose(lib, 100 * tr.nodes["library_effect"]["value"][0].exp())
+    True
+    """
+    if dosage is None or library is None or "library_effect" not in guide_trace.nodes:
+        return library
+    names = names or {}
+    new = dosage_value(dosage, names.get("perturbation_names")
+                       or [f"P{i}" for i in range(model.n_perturbations)],
+                       names.get("control_label", "control"), names.get("separator", "+"))
+    library = torch.as_tensor(library, dtype=torch.float32, device=model.device)
+    factual = torch.as_tensor(factual_dosage, dtype=torch.float32, device=model.device)
+    return model.counterfactual_library(library, factual, new.to(library),
+                                        guide_trace.nodes["library_effect"]["value"])
 
 
 def _per_cell(name, value, n):

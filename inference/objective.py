@@ -336,7 +336,7 @@ def _location(fn):
 
 
 GLOBAL_SITES = ("effect", "mask", "mask_rate", "artifact_effect", "target_effect", "gene_effect",
-                "flag_sensitivity", "flag_specificity")
+                "library_effect", "flag_sensitivity", "flag_specificity")
 # per-cell sites of p(x_n, z_n | globals); ``artifact`` counts only where it is latent
 LOCAL_SITES = ("artifact", "artifact_flag", "qc", "basal", "library", "counts")
 

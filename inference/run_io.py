@@ -64,6 +64,7 @@ from .train import TrainConfig, TrainedRun, atomic_save, fit, load_tensors
 
 SPLIT_COLUMN = "cradle_split"
 LIBRARY_COLUMN = "cradle_library"
+CONDITION_COLUMN = "cradle_condition"  # what each cell received: moves its library under do()
 ARTIFACT_PREFIX = "cradle_artifact_"
 QC_PREFIX = "cradle_qc_"  # standardised QC covariates of a latent artifact state
 FLAG_PREFIX = "cradle_flag_"  # QC flags per criterion, its evidence
@@ -333,6 +334,7 @@ def _write_run(run: TrainedRun, path: Path):
                          columns=[ARTIFACT_PREFIX + a for a in data.artifact_names])
     cells.insert(0, SPLIT_COLUMN, data.split)
     cells[LIBRARY_COLUMN] = data.library
+    cells[CONDITION_COLUMN] = np.asarray(data.conditions)
     qc = getattr(data, "qc_covariates", None)
     for j, name in enumerate(names["qc_covariates"]["names"]):
         cells[QC_PREFIX + name] = qc[:, j]
@@ -372,8 +374,8 @@ def rebuild_data(run_dir, adata: ad.AnnData | None = None) -> PerturbationData:
                 f"the run's training file {src!r} is not available; pass the AnnData it was trained on")
         adata = read_anndata(src)
         source = f"the training file {src!r}"
-    cells = pd.read_csv(run_dir / "cells.csv", index_col=0).drop(columns=[LIBRARY_COLUMN],
-                                                                  errors="ignore")
+    cells = pd.read_csv(run_dir / "cells.csv", index_col=0).drop(
+        columns=[LIBRARY_COLUMN, CONDITION_COLUMN], errors="ignore")
     qc_cols = [c for c in cells.columns if c.startswith((QC_PREFIX, FLAG_PREFIX))]
     qc_saved, cells = cells[qc_cols], cells.drop(columns=qc_cols)
     missing = cells.index.difference(adata.obs_names.astype(str))
@@ -413,8 +415,8 @@ class RunData:
     """What a run folder knows without its training file.
 
     Names (genes, targets, artifact kinds, conditions), the control label and
-    separator, and per training cell its split, artifact labels and library
-    size: enough for effects over new cells from the prior (``basal="prior"``),
+    separator, and per training cell its split, artifact labels, library size
+    and condition: enough for effects over new cells from the prior (``basal="prior"``),
     interventional sampling and counterfactuals of new cells; what needs the
     training cells' counts (effects over the screen's own cells, the default;
     evaluate, diagnose, embed, counterfactuals of the training cells) says so.
@@ -437,6 +439,10 @@ class RunData:
             raise CradleInputError(f"{str(run_dir)!r} was saved by an earlier release without "
                                    "library sizes; pass the training AnnData to load it")
         self.library = cells[LIBRARY_COLUMN].to_numpy(dtype=np.float32)
+        # each cell's dosage (runs saved before it was written: None, libraries then come
+        # from the model where it makes them a mediator)
+        self.saved_dosage = (np.stack([self.dosage_of(str(c)) for c in cells[CONDITION_COLUMN]])
+                             if CONDITION_COLUMN in cells else None)
         qc_path = run_dir / "qc_thresholds.json"
         self.qc_thresholds = (QCThresholds.from_dict(json.loads(qc_path.read_text()))
                               if qc_path.exists() else None)

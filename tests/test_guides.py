@@ -25,7 +25,8 @@ def test_guides_sample_the_model_latents(small_screen):
         tr = poutine.trace(guide).get_trace(**batch.model_kwargs())
         latents = [k for k, v in tr.nodes.items() if v["type"] == "sample" and k not in
                    ("cells", "perturbations", "artifact_kinds")]
-        assert sorted(latents) == ["artifact_effect", "basal", "effect", "gene_effect", "mask"]
+        assert sorted(latents) == ["artifact_effect", "basal", "effect", "gene_effect",
+                                   "library_effect", "mask"]
         mask = tr.nodes["mask"]["value"]
         assert set(mask.unique().tolist()) <= {0.0, 1.0}
         # the basal-posterior protocol the objective's alignment term uses
@@ -50,7 +51,7 @@ def test_autonormal_for_globals_with_amortised_basal_encoder(small_screen):
     """A user brings their own guide: AutoNormal on the globals + an amortised q(basal | x)."""
     data = _data(small_screen)
     model = CradleModel.from_data(data, ModelConfig(model="cpa", latent_dim=4, hidden_dim=32))
-    guide = CombinedGuide(AutoNormal(poutine.block(model, expose=["effect", "gene_effect"])),
+    guide = CombinedGuide(AutoNormal(poutine.block(model, expose=["effect", "gene_effect", "library_effect"])),
                           BasalGuide(model, data.gene_mean, data.gene_std))
     run = fit(data, TrainConfig(epochs=3, batch_size=128, num_particles=2, progress=False),
               model=model, guide=guide)
@@ -64,7 +65,7 @@ def test_alignment_is_computed_by_the_objective_for_a_composed_guide(small_scree
     """AutoNormal on the globals + BasalGuide: the alignment term is non-zero, not silently 0."""
     data = _data(small_screen)
     model = CradleModel.from_data(data, ModelConfig(model="cradle", latent_dim=4, hidden_dim=32))
-    guide = CombinedGuide(AutoNormal(poutine.block(model, expose=["effect", "gene_effect", "artifact_effect"])),
+    guide = CombinedGuide(AutoNormal(poutine.block(model, expose=["effect", "gene_effect", "library_effect", "artifact_effect"])),
                           MaskGuide(model), BasalGuide(model, data.gene_mean, data.gene_std))
     objective = CradleELBO(num_particles=2, beta=1.0).for_data(data)
     batch = next(data.batches("train", 64, seed=0))
@@ -78,7 +79,7 @@ def test_alignment_is_computed_by_the_objective_for_a_composed_guide(small_scree
 def test_a_guide_missing_a_model_site_is_refused_by_name(small_screen):
     data = _data(small_screen)
     model = CradleModel.from_data(data, ModelConfig(model="cradle", latent_dim=4, hidden_dim=32))
-    guide = CombinedGuide(AutoNormal(poutine.block(model, expose=["effect", "gene_effect", "artifact_effect"])),
+    guide = CombinedGuide(AutoNormal(poutine.block(model, expose=["effect", "gene_effect", "library_effect", "artifact_effect"])),
                           BasalGuide(model, data.gene_mean, data.gene_std))
     batch = next(data.batches("train", 32, seed=0))
     with pytest.raises(ValueError, match=r"does not sample the model's latent site\(s\) \['mask'\]"):

@@ -10,12 +10,15 @@ from cradle_pyro.distributions import BernoulliStraightThrough
 from cradle_pyro.config import MODELS
 
 SITES = {
-    "cradle": ["effect", "mask", "gene_effect", "artifact_effect", "dosage", "artifact", "basal",
-               "counts"],
-    "sams": ["effect", "mask", "gene_effect", "dosage", "artifact", "basal", "counts"],
-    "cpa": ["effect", "gene_effect", "dosage", "artifact", "basal", "counts"],
-    "cvae": ["dosage", "artifact", "basal", "counts"],
-    "svae+": ["mask_rate", "effect", "mask", "gene_effect", "dosage", "artifact", "basal", "counts"],
+    "cradle": ["library_effect", "effect", "mask", "gene_effect", "artifact_effect", "dosage",
+               "artifact", "basal", "library", "counts"],
+    "sams": ["library_effect", "effect", "mask", "gene_effect", "dosage", "artifact", "basal",
+             "library", "counts"],
+    "cpa": ["library_effect", "effect", "gene_effect", "dosage", "artifact", "basal", "library",
+            "counts"],
+    "cvae": ["library_effect", "dosage", "artifact", "basal", "library", "counts"],
+    "svae+": ["library_effect", "mask_rate", "effect", "mask", "gene_effect", "dosage", "artifact",
+              "basal", "library", "counts"],
 }
 
 
@@ -31,10 +34,11 @@ def test_sites_names_and_shapes(kind):
     shapes = {k: tuple(v["value"].shape) for k, v in tr.nodes.items() if v["type"] == "sample"}
     expect = {"effect": (P, d), "mask": (P, d), "artifact_effect": (A, d), "dosage": (n, P),
               "artifact": (n, A), "basal": (n, d), "counts": (n, G), "mask_rate": (d,),
-              "gene_effect": (P, G)}
+              "gene_effect": (P, G), "library_effect": (P,), "library": (n,)}
     for site in SITES[kind]:
         assert shapes[site] == expect[site], site
     assert tr.nodes["counts"]["is_observed"] and tr.nodes["dosage"]["is_observed"]
+    assert tr.nodes["library"]["is_observed"]  # a mediator of the dosage, observed
 
 
 def test_cell_plate_scales_local_terms_by_n_over_b():

@@ -41,7 +41,7 @@ def test_minibatch_objective_is_unbiased_for_the_full_data_objective(tiny, class
     full = tiny.batch(np.arange(N), num_cells=N)
     trace = poutine.trace(guide).get_trace(**full.model_kwargs())
     fixed = {k: trace.nodes[k]["value"].detach()
-             for k in ("effect", "mask", "gene_effect", "artifact_effect")}
+             for k in ("effect", "mask", "gene_effect", "library_effect", "artifact_effect")}
     basal = trace.nodes["basal"]["value"].detach()
 
     def fixed_guide(**kw):

@@ -138,6 +138,36 @@ def test_effects_and_sampling_work_without_the_training_file(trained, tmp_path):
         loaded.data.batches("train", 10)
 
 
+def test_a_run_saved_without_cell_conditions_draws_libraries_from_the_model(trained, tmp_path):
+    """Runs saved before library effects have no cell conditions: the libraries of new cells then
+    come from the model's own (interventional) library distribution."""
+    import shutil
+
+    import pandas as pd
+
+    from inference.effects import model_ate, sample_cells
+    from inference.run_io import CONDITION_COLUMN
+
+    root, path, run = trained
+    moved = tmp_path / "screen.h5ad"
+    shutil.copy(path, moved)
+    run2 = train_from_file(moved, TrainConfig(epochs=1, progress=False, num_particles=1),
+                           doublets=False)
+    assert run2.model.use_library_effects
+    save_run(run2, tmp_path / "run")
+    moved.unlink()
+    cells = pd.read_csv(tmp_path / "run" / "cells.csv", index_col=0)
+    cells.drop(columns=[CONDITION_COLUMN]).to_csv(tmp_path / "run" / "cells.csv")
+    with pytest.warns(UserWarning, match="not available"):
+        loaded = load_run(tmp_path / "run")
+    assert loaded.data.saved_dosage is None
+    generated = sample_cells(loaded.model, loaded.guide, loaded.data, "P0", n=12)
+    assert np.allclose(generated.obs["library"], np.asarray(generated.X.sum(1)).ravel())
+    ate = model_ate(loaded.model, loaded.guide, loaded.data, ["P0"], num_draws=3, n_cells=10,
+                    basal="prior")
+    assert np.isfinite(ate.to_numpy()).all()
+
+
 def test_priors_given_as_objects_are_refused_on_save_with_the_fix(trained, tmp_path):
     import dataclasses
 
