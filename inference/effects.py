@@ -134,9 +134,11 @@ def sample_cells(model, guide, data, condition: str, n: int = 200, artifact="cle
                  library=None, seed: int = 0, globals: str = "per-cell") -> ad.AnnData:
     """``n`` generated cells under ``do(dosage=condition, artifact=artifact)`` as AnnData.
 
-    Counts in ``X``; obs ``perturbation``, ``intervention_artifact`` and ``library``
-    (the size drawn from a training cell; where the model has library effects
-    the cell is generated at that size moved to the condition's, per draw).
+    Counts in ``X``; obs ``perturbation``, ``intervention_artifact`` and ``library``:
+    the size drawn from a training cell, before the condition's library effect
+    moves it (where the model has library effects the cell is generated at the
+    moved size, per draw); for a run loaded without its cells' conditions, the
+    generated cells' totals (the model drew their sizes).
 
     ``globals`` says how the global latents (effects, masks, artifact effects)
     are drawn from the guide's posterior: ``"per-cell"`` (default) gives every
