@@ -148,10 +148,11 @@ def paired_main(doc, kinds, default_out, score, settings, extra_args=None):
             print(screen, seed, f"{time.time() - t0:.0f}s",
                   json.dumps({b: {k: round(v, 3) for k, v in r.items()} for b, r in res.items()}),
                   flush=True)
+    # metrics every seed has (a file merged from runs before a metric existed lacks it in some)
     summary = {screen: {kind: {k: [float(np.mean([r[kind][k] for r in per.values()])),
                                    float(np.std([r[kind][k] for r in per.values()], ddof=1))
                                    if len(per) > 1 else 0.0]
-                               for k in next(iter(per.values()))[kind]}
+                               for k in set.intersection(*(set(r[kind]) for r in per.values()))}
                         for kind in kinds}
                for screen, per in results.items()}
     path.write_text(json.dumps({"settings": settings(args), "mean_sd": summary,

@@ -83,7 +83,9 @@ def cross_validate(adata: ad.AnnData, train_config: TrainConfig | None = None,
     pandas.DataFrame
         One row per fold: ``fold``, ``val_ate_mse`` (model against validation
         ATE, mean over conditions and genes), ``val_ate_r`` (Pearson r over
-        genes, mean over conditions), ``val_conditions``, ``val_cells``.
+        genes, mean over conditions), ``val_ate_r_top`` (the same over each
+        condition's 20 genes of largest validation ATE), ``val_conditions``,
+        ``val_cells``.
     """
     if not isinstance(folds, int) or folds < 2:
         raise CradleInputError(f"folds={folds!r}: use an integer of at least 2")

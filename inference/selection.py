@@ -85,12 +85,18 @@ class ValidationEffects:
         """Mean squared difference between model and validation ATEs."""
         return float(((self.predictions(model, guide) - self.observed) ** 2).mean())
 
-    def scores(self, model, guide=None, predictions=None) -> dict:
-        """``val_ate_mse`` (as :meth:`error`) and ``val_ate_r`` (Pearson r over genes, mean over
-        conditions) of the model's ATEs, or of given ``predictions`` (rows: :attr:`conditions`)."""
+    def scores(self, model, guide=None, predictions=None, top_k: int = 20) -> dict:
+        """``val_ate_mse`` (as :meth:`error`), ``val_ate_r`` (Pearson r over genes, mean over
+        conditions) and ``val_ate_r_top`` (the same over each condition's ``top_k`` genes of
+        largest observed validation ATE) of the model's ATEs, or of given ``predictions``
+        (rows: :attr:`conditions`)."""
         pred = self.predictions(model, guide) if predictions is None else np.asarray(predictions)
         r = np.mean([np.corrcoef(a, b)[0, 1] for a, b in zip(pred, self.observed)])
-        return {"val_ate_mse": float(((pred - self.observed) ** 2).mean()), "val_ate_r": float(r)}
+        tops = [np.argsort(-np.abs(b))[:top_k] for b in self.observed]
+        r_top = np.mean([np.corrcoef(a[t], b[t])[0, 1]
+                         for a, b, t in zip(pred, self.observed, tops)])
+        return {"val_ate_mse": float(((pred - self.observed) ** 2).mean()), "val_ate_r": float(r),
+                "val_ate_r_top": float(r_top)}
 
 
 def validation_ate_error(model, guide, data, **kwargs) -> float:

@@ -123,7 +123,8 @@ def test_cross_validate_writes_one_row_per_fold(screen, tmp_path, capsys):
                  "--folds", "2", "--epochs", "1", "--latent-dim", "4", "--hidden-dim", "16",
                  "--no-doublets"]) == 0
     table = pd.read_csv(out)
-    assert list(table.columns) == ["fold", "val_ate_mse", "val_ate_r", "val_conditions", "val_cells"]
+    assert list(table.columns) == ["fold", "val_ate_mse", "val_ate_r", "val_ate_r_top",
+                                   "val_conditions", "val_cells"]
     assert list(table["fold"]) == [0, 1] and np.isfinite(table["val_ate_mse"]).all()
     assert "2 folds: val_ate_mse" in capsys.readouterr().out
     assert main(["cross-validate", str(screen), "--out", str(out), "--members", "2"]) == 2

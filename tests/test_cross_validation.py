@@ -41,7 +41,7 @@ def test_cross_validate_scores_each_fold_and_leaves_the_anndata_alone(adata):
     data = PerturbationData.from_anndata(adata, seed=4, **SPLIT)
     assert list(table["fold"]) == [0, 1]
     assert table["val_cells"].sum() == int((data.split != "test").sum())
-    assert np.isfinite(table[["val_ate_mse", "val_ate_r"]].to_numpy()).all()
+    assert np.isfinite(table[["val_ate_mse", "val_ate_r", "val_ate_r_top"]].to_numpy()).all()
     assert (table["val_ate_mse"] > 0).all() and (table["val_conditions"] > 0).all()
     assert list(adata.obs.columns) == before
     with pytest.raises(CradleInputError, match="folds"):
