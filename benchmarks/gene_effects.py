@@ -152,7 +152,8 @@ def paired_main(doc, kinds, default_out, score, settings, extra_args=None):
     summary = {screen: {kind: {k: [float(np.mean([r[kind][k] for r in per.values()])),
                                    float(np.std([r[kind][k] for r in per.values()], ddof=1))
                                    if len(per) > 1 else 0.0]
-                               for k in set.intersection(*(set(r[kind]) for r in per.values()))}
+                               for k in next(iter(per.values()))[kind]
+                               if all(k in r[kind] for r in per.values())}
                         for kind in kinds}
                for screen, per in results.items()}
     path.write_text(json.dumps({"settings": settings(args), "mean_sd": summary,
