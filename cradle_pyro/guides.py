@@ -234,7 +234,7 @@ class CorrelatedGuide(_GuideBase):
                                                  constraint=constraints.positive)
         if model.use_library_effects:
             self.library_effect_loc = PyroParam(torch.zeros(P))
-            self.library_effect_scale = PyroParam(torch.full((P,), 0.01),
+            self.library_effect_scale = PyroParam(torch.full((P,), 0.1),
                                                   constraint=constraints.positive)
         if model.use_gene_effects:
             self.gene_effect_loc = PyroParam(torch.zeros(P, model.n_genes))
