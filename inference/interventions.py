@@ -143,7 +143,7 @@ def intervene(model, *, dosage=None, artifact=None, perturbation_names=None,
             "would return the factual answer unchanged; use model='cradle'")
     # friendly values of the per-cell treatment sites: parser, width, what a column is
     friendly = {
-        "dosage": (lambda v: dosage_value(v, perturbation_names or [f"P{i}" for i in range(P)],
+        "dosage": (lambda v: dosage_value(v, _target_names(model, perturbation_names),
                                           control_label, separator), P, "targets"),
         "artifact": (lambda v: artifact_value(v, A, artifact_names), A, "kinds"),
     }
@@ -198,13 +198,17 @@ def counterfactual_library(model, guide_trace, library, factual_dosage, dosage, 
     if dosage is None or library is None or "library_effect" not in guide_trace.nodes:
         return library
     names = names or {}
-    new = dosage_value(dosage, names.get("perturbation_names")
-                       or [f"P{i}" for i in range(model.n_perturbations)],
+    new = dosage_value(dosage, _target_names(model, names.get("perturbation_names")),
                        names.get("control_label", "control"), names.get("separator", "+"))
     library = torch.as_tensor(library, dtype=torch.float32, device=model.device)
     factual = torch.as_tensor(factual_dosage, dtype=torch.float32, device=model.device)
     return model.counterfactual_library(library, factual, new.to(library),
                                         guide_trace.nodes["library_effect"]["value"])
+
+
+def _target_names(model, perturbation_names=None) -> list:
+    """The given target names, or ``P0…`` style names of the model's size."""
+    return list(perturbation_names or [f"P{i}" for i in range(model.n_perturbations)])
 
 
 def _per_cell(name, value, n):
