@@ -20,8 +20,9 @@ split (disjoint control, ceiling beside), reported and never used to choose.
 Each seed and setting writes ``results/cross_validation/seed<k>/<setting>.json``
 (run seeds and settings in parallel processes); ``--summarise`` gathers the
 settings every seed has into ``results/cross_validation.json`` (mean ± sd over
-seeds, and the paired difference of each setting from ``epochs100``, the
-defaults, and from ``gene_effect_scale3``, the defaults after it).
+seeds, and the paired difference of each setting from ``epochs100``, the first
+defaults, from ``gene_effect_scale3``, the defaults after it, and from
+``library_effects``, today's).
 
     python benchmarks/cross_validation.py --seeds 0 [--settings '{"epochs100": {}, ...}']
     python benchmarks/cross_validation.py --summarise
@@ -47,8 +48,9 @@ FOLDS = 5
 OUT = RESULTS / "cross_validation"
 DEFAULT_SETTINGS = {"epochs100": {}, "epochs50": {"epochs": 50}, "epochs200": {"epochs": 200}}
 # settings every other is compared with, fold by fold: the first defaults (100 epochs, direct-path
-# scale 1.0; its files were written before the scale changed) and the defaults since (scale 3.0)
-REFERENCES = ("epochs100", "gene_effect_scale3")
+# scale 1.0; its files were written before the scale changed), the defaults after them (scale 3.0)
+# and today's (library effects on as well)
+REFERENCES = ("epochs100", "gene_effect_scale3", "library_effects")
 
 
 def seed_scores(adata, seed, settings, threads):
