@@ -101,7 +101,8 @@ def summarise():
                                 "seeds": list(per_seed), "mean_sd": summary,
                                 "per_seed": per_seed}, indent=2))
     for name, cols in summary.items():
-        print(name, {k: (round(v["mean"], 4), v[f"paired_minus_{first}"]) for k, v in cols.items()})
+        print(name, {k: (round(v["mean"], 4), v.get(f"paired_minus_{REFERENCES[-1]}"))
+                     for k, v in cols.items()})
 
 
 def main():

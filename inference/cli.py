@@ -105,7 +105,7 @@ TRAIN_OPTIONS = {
     "combine": ("model", str, None, "concat or sum (default: the model's published choice)"),
     "effect_prior": ("model", str, "normal", "normal, laplace or student-t, each also as "
                      "NAME-learnt-scale (the prior scale fitted with the model)"),
-    "epochs": ("train", int, 100, "epochs (with --select ate or elbo, early stopping may end sooner)"),
+    "epochs": ("train", int, 200, "epochs (with --select ate or elbo, early stopping may end sooner)"),
     "batch_size": ("train", int, 128, "cells per minibatch"),
     "lr": ("train", float, 5e-3, "AdamW learning rate"),
     "beta": ("train", float, 1.0, "weight of CRADLE's counterfactual alignment term (0: off)"),
