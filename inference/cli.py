@@ -41,7 +41,7 @@ YAML keys are the long option names with '_' for '-', e.g.
   qc_columns: {low_total_counts: total_counts_transcriptome}""",
     "cross-validate": """examples:
   cradle-pyro cross-validate screen.h5ad --out cv.csv --split unseen-combinations
-  cradle-pyro cross-validate screen.h5ad --out cv_200.csv --split unseen-combinations --epochs 200
+  cradle-pyro cross-validate screen.h5ad --out cv_100.csv --split unseen-combinations --epochs 100
 
 Compares settings before you train: the seen cells (all but the split's test
 cells, which are never touched) of each condition are dealt into --folds
