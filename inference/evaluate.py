@@ -50,7 +50,7 @@ from .scoring import (SCORE_COLUMNS, clean_cells, held_out_conditions, interacti
 heldout_perturbations = held_out_conditions  # the name earlier releases used
 
 
-def evaluate(runs: dict, data, out_dir, *, split: str = "test", num_draws: int = 100,
+def evaluate(runs: dict, data, out_dir, *, split: str = "test", num_draws: int = 200,
              n_cells: int = 500, n_generated: int = 200, n_splits: int = 20, top_k: int = 20,
              seed: int = 0, progress: bool = True, basal: str = "abducted") -> dict:
     """Evaluate trained runs on ``split``; writes ``metrics.json``, ``report.md``, CSVs and figures.
