@@ -516,6 +516,17 @@ POSITIVE = _number(float, 0, low_open=True)
 MASS = _number(float, 0, low_open=True, high=1, high_open=True)
 
 
+def add_draws_arguments(p):
+    """--num-draws and --n-cells of the commands that compute posterior ATEs."""
+    from .effects import NUM_DRAWS
+
+    p.add_argument("--num-draws", type=POSITIVE_INT, default=NUM_DRAWS,
+                   help=f"posterior draws of the effects (default {NUM_DRAWS}: another --seed "
+                        "then moves Norman's held-out r by < 0.01)")
+    p.add_argument("--n-cells", type=POSITIVE_INT, default=500,
+                   help="clean cells per draw and condition (default 500)")
+
+
 def add_basal_argument(p):
     """``--basal``: which cells a model ATE averages over (``inference.effects.condition_draws``)."""
     p.add_argument("--basal", choices=["abducted", "prior"], default="abducted",
@@ -609,11 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = run_cmd("effects", "average treatment effects (perturbations × genes) from generated clean cells")
     p.add_argument("--perturbations", required=True, help='comma-separated, e.g. "A+B,C"')
     p.add_argument("--out", required=True, help="output CSV")
-    p.add_argument("--num-draws", type=POSITIVE_INT, default=200,
-                   help="posterior draws of the effects (default 200: another --seed then moves "
-                        "Norman's held-out r by < 0.01)")
-    p.add_argument("--n-cells", type=POSITIVE_INT, default=500,
-                   help="clean cells per draw and condition (default 500)")
+    add_draws_arguments(p)
     p.add_argument("--interval", type=MASS, default=0.9,
                    help="mass of the credible interval (default 0.9: 5%% and 95%% quantiles)")
     add_basal_argument(p)
@@ -640,11 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--compare", action="append", help="other run folders to evaluate beside it")
     p.add_argument("--split", default="test", help="which cells to evaluate on (default test)")
-    p.add_argument("--num-draws", type=POSITIVE_INT, default=200,
-                   help="posterior draws of the effects (default 200: another --seed then moves "
-                        "Norman's held-out r by < 0.01)")
-    p.add_argument("--n-cells", type=POSITIVE_INT, default=500,
-                   help="clean cells per draw and condition (default 500)")
+    add_draws_arguments(p)
     add_basal_argument(p)
     p.set_defaults(func=cmd_evaluate)
 

@@ -36,6 +36,11 @@ from .interventions import counterfactual_library, intervene
 from .objective import PARTICLE_DIM
 from .seeding import keeps_global_rng
 
+# Posterior draws of the globals behind every ATE by default: with 200 (× 500 cells) four
+# posterior seeds moved Norman's held-out r by at most 0.007, with 100 by 0.012
+# (benchmarks/results/posterior_seed_stability.json)
+NUM_DRAWS = 200
+
 
 def perturbseq_normalise(x):
     """log2(1e4·x/Σx + 1) per cell (numpy or torch)."""
@@ -191,7 +196,7 @@ def abduction_cells(data, split: str = "train") -> np.ndarray:
 
 
 @keeps_global_rng
-def condition_draws(model, guide, data, condition, *, num_draws: int = 200, n_cells: int = 500,
+def condition_draws(model, guide, data, condition, *, num_draws: int = NUM_DRAWS, n_cells: int = 500,
                     artifact="clean", seed: int = 0, max_elements: int = 20_000_000,
                     basal: str = "abducted") -> np.ndarray:
     """Mean perturbseq-normalised expression under ``condition``, one row per posterior draw.
@@ -305,7 +310,7 @@ class PosteriorATE:
         return long
 
 
-def posterior_ate(model, guide, data, perturbations, *, num_draws: int = 200, n_cells: int = 500,
+def posterior_ate(model, guide, data, perturbations, *, num_draws: int = NUM_DRAWS, n_cells: int = 500,
                   artifact="clean", seed: int = 0, interval: float = 0.9,
                   basal: str = "abducted") -> PosteriorATE:
     """Posterior of the model ATE of each perturbation (seen or unseen combinations).
@@ -319,9 +324,7 @@ def posterior_ate(model, guide, data, perturbations, *, num_draws: int = 200, n_
     q(basal | x)): the ATE over the screen's population; ``"prior"`` makes new
     cells from the prior N(0, I). The spread over draws is the posterior
     uncertainty about the effects and the basal states plus the Monte Carlo
-    noise of ``n_cells`` cells. With the defaults (200 draws × 500 cells) four
-    posterior seeds moved Norman's held-out r by at most 0.007; 100 draws let
-    it move by 0.012 (``benchmarks/results/posterior_seed_stability.json``).
+    noise of ``n_cells`` cells; the default number of draws is :data:`NUM_DRAWS`.
 
     Example
     -------
@@ -343,7 +346,7 @@ def posterior_ate(model, guide, data, perturbations, *, num_draws: int = 200, n_
     return PosteriorATE(draws, list(perturbations), list(data.gene_names), interval)
 
 
-def model_ate(model, guide, data, perturbations, *, num_draws: int = 200, n_cells: int = 500,
+def model_ate(model, guide, data, perturbations, *, num_draws: int = NUM_DRAWS, n_cells: int = 500,
               artifact="clean", seed: int = 0, basal: str = "abducted") -> pd.DataFrame:
     """Posterior mean model ATE (perturbations × genes); see :func:`posterior_ate`."""
     return posterior_ate(model, guide, data, perturbations, num_draws=num_draws, n_cells=n_cells,

@@ -31,7 +31,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from .effects import PosteriorATE, posterior_ate
+from .effects import NUM_DRAWS, PosteriorATE, posterior_ate
 from .train import TrainConfig, fit
 
 
@@ -51,7 +51,7 @@ def fit_ensemble(data, train_config: TrainConfig | None = None, model_config=Non
                    for k in range(1, members)]
 
 
-def ensemble_ate(runs, data, perturbations, *, num_draws: int = 200, seed: int = 0,
+def ensemble_ate(runs, data, perturbations, *, num_draws: int = NUM_DRAWS, seed: int = 0,
                  interval: float = 0.9, **kwargs) -> PosteriorATE:
     """Posterior ATEs under the equal mixture of the runs' posteriors.
 
