@@ -94,6 +94,15 @@ def simulator_scores(post, truth, adata, screen) -> dict:
     return out
 
 
+def run_scores(run, data, truth, adata, screen, seed) -> dict:
+    """One trained run on a simulated screen: :func:`simulator_scores` of its posterior ATEs
+    (100 draws × 200 cells) and the validation criterion of seen conditions."""
+    post = posterior_ate(run.model, run.guide, data, list(truth.index), num_draws=100, n_cells=200,
+                         seed=seed)
+    return {**simulator_scores(post, truth, adata, screen),
+            **{k: v for k, v in validation_scores(run, data, seed).items() if k != "val_conditions"}}
+
+
 # Norman's official split: all five eligible doubles held out
 NORMAN_SPLIT = dict(perturbation_key="perturbation", control_label="control",
                     split="unseen-combinations", heldout_fraction=1.0)

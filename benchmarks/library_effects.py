@@ -18,9 +18,8 @@ conditions. Norman is judged by five-fold cross-validation
 """
 
 from cradle_pyro import ModelConfig
-from gene_effects import RESULTS, paired_main, simulated, simulator_scores, validation_scores
+from gene_effects import RESULTS, paired_main, run_scores, simulated
 from inference import TrainConfig, fit
-from inference.effects import posterior_ate
 
 KINDS = ("off", "on")
 
@@ -31,11 +30,7 @@ def score(screen, seed, args, train, adata):
     for kind in KINDS:
         run = fit(data, TrainConfig(seed=seed, progress=False, **train),
                   ModelConfig(library_effects=kind == "on"))
-        post = posterior_ate(run.model, run.guide, data, list(truth.index), num_draws=100,
-                             n_cells=200, seed=seed)
-        out[kind] = {**simulator_scores(post, truth, sim, screen),
-                     **{k: v for k, v in validation_scores(run, data, seed).items()
-                        if k != "val_conditions"}}
+        out[kind] = run_scores(run, data, truth, sim, screen, seed)
     return out
 
 

@@ -21,9 +21,8 @@ converged mean-field posterior (with a point-estimate decoder) is too narrow?
 import time
 
 from cradle_pyro import ModelConfig
-from gene_effects import RESULTS, paired_main, simulated, simulator_scores, validation_scores
+from gene_effects import RESULTS, paired_main, run_scores, simulated
 from inference import TrainConfig, fit
-from inference.effects import posterior_ate
 
 # explicit, so that a rerun measures the same settings whatever the defaults are
 SETTINGS = {"p5_e40": dict(epochs=40, num_particles=5), "p5_e100": dict(epochs=100, num_particles=5),
@@ -39,11 +38,7 @@ def score(screen, seed, args, train, adata):
         run = fit(data, TrainConfig(seed=seed, progress=False, **{**train, **setting}),
                   ModelConfig())
         seconds = time.time() - t0
-        post = posterior_ate(run.model, run.guide, data, list(truth.index), num_draws=100,
-                             n_cells=200, seed=seed)
-        out[kind] = {**simulator_scores(post, truth, sim, screen),
-                     **{k: v for k, v in validation_scores(run, data, seed).items()
-                        if k != "val_conditions"},
+        out[kind] = {**run_scores(run, data, truth, sim, screen, seed),
                      "train_seconds": round(seconds, 1)}
     return out
 
