@@ -518,13 +518,13 @@ MASS = _number(float, 0, low_open=True, high=1, high_open=True)
 
 def add_draws_arguments(p):
     """--num-draws and --n-cells of the commands that compute posterior ATEs."""
-    from .effects import NUM_DRAWS
+    from .effects import N_CELLS, NUM_DRAWS
 
     p.add_argument("--num-draws", type=POSITIVE_INT, default=NUM_DRAWS,
                    help=f"posterior draws of the effects (default {NUM_DRAWS}: another --seed "
                         "then moves Norman's held-out r by < 0.01)")
-    p.add_argument("--n-cells", type=POSITIVE_INT, default=500,
-                   help="clean cells per draw and condition (default 500)")
+    p.add_argument("--n-cells", type=POSITIVE_INT, default=N_CELLS,
+                   help=f"clean cells per draw and condition (default {N_CELLS})")
 
 
 def add_basal_argument(p):

@@ -40,6 +40,8 @@ from .seeding import keeps_global_rng
 # posterior seeds moved Norman's held-out r by at most 0.007, with 100 by 0.012
 # (benchmarks/results/posterior_seed_stability.json)
 NUM_DRAWS = 200
+# Generated cells per draw and condition (the Monte Carlo mean over the population)
+N_CELLS = 500
 
 
 def perturbseq_normalise(x):
@@ -196,9 +198,9 @@ def abduction_cells(data, split: str = "train") -> np.ndarray:
 
 
 @keeps_global_rng
-def condition_draws(model, guide, data, condition, *, num_draws: int = NUM_DRAWS, n_cells: int = 500,
-                    artifact="clean", seed: int = 0, max_elements: int = 20_000_000,
-                    basal: str = "abducted") -> np.ndarray:
+def condition_draws(model, guide, data, condition, *, num_draws: int = NUM_DRAWS,
+                    n_cells: int = N_CELLS, artifact="clean", seed: int = 0,
+                    max_elements: int = 20_000_000, basal: str = "abducted") -> np.ndarray:
     """Mean perturbseq-normalised expression under ``condition``, one row per posterior draw.
 
     Each of ``num_draws`` draws of the globals from the guide generates
@@ -310,9 +312,9 @@ class PosteriorATE:
         return long
 
 
-def posterior_ate(model, guide, data, perturbations, *, num_draws: int = NUM_DRAWS, n_cells: int = 500,
-                  artifact="clean", seed: int = 0, interval: float = 0.9,
-                  basal: str = "abducted") -> PosteriorATE:
+def posterior_ate(model, guide, data, perturbations, *, num_draws: int = NUM_DRAWS,
+                  n_cells: int = N_CELLS, artifact="clean", seed: int = 0,
+                  interval: float = 0.9, basal: str = "abducted") -> PosteriorATE:
     """Posterior of the model ATE of each perturbation (seen or unseen combinations).
 
     For each of ``num_draws`` posterior draws of the globals, ``n_cells``
@@ -346,8 +348,9 @@ def posterior_ate(model, guide, data, perturbations, *, num_draws: int = NUM_DRA
     return PosteriorATE(draws, list(perturbations), list(data.gene_names), interval)
 
 
-def model_ate(model, guide, data, perturbations, *, num_draws: int = NUM_DRAWS, n_cells: int = 500,
-              artifact="clean", seed: int = 0, basal: str = "abducted") -> pd.DataFrame:
+def model_ate(model, guide, data, perturbations, *, num_draws: int = NUM_DRAWS,
+              n_cells: int = N_CELLS, artifact="clean", seed: int = 0,
+              basal: str = "abducted") -> pd.DataFrame:
     """Posterior mean model ATE (perturbations × genes); see :func:`posterior_ate`."""
     return posterior_ate(model, guide, data, perturbations, num_draws=num_draws, n_cells=n_cells,
                          artifact=artifact, seed=seed, basal=basal).mean

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from cradle_pyro.qc import qc_metrics
 from cradle_pyro.splits import targets_of
 
-from .effects import NUM_DRAWS, perturbseq_normalise, sample_cells
+from .effects import N_CELLS, NUM_DRAWS, perturbseq_normalise, sample_cells
 from .ensembles import ensemble_ate
 from .artifacts import artifact_figure, artifact_posterior, artifact_summary
 from .embeddings import cells_with_latents, umap_figure
@@ -51,7 +51,7 @@ heldout_perturbations = held_out_conditions  # the name earlier releases used
 
 
 def evaluate(runs: dict, data, out_dir, *, split: str = "test", num_draws: int = NUM_DRAWS,
-             n_cells: int = 500, n_generated: int = 200, n_splits: int = 20, top_k: int = 20,
+             n_cells: int = N_CELLS, n_generated: int = 200, n_splits: int = 20, top_k: int = 20,
              seed: int = 0, progress: bool = True, basal: str = "abducted") -> dict:
     """Evaluate trained runs on ``split``; writes ``metrics.json``, ``report.md``, CSVs and figures.
 
