@@ -311,6 +311,11 @@ class PerturbationData:
         condition_code = np.array([code_of[c] for c in labels], dtype=np.int64)
         targets = sorted({t for c in condition_names
                           for t in targets_of(c, control_label, combination_separator)})
+        if not targets:
+            raise CradleInputError(
+                f"every cell in {perturbation_key!r} is a control ({control_label!r}): a screen "
+                "needs perturbed cells to learn an effect; check the control label "
+                "(control_label=...) or the perturbation column (perturbation_key=...)")
         t_index = {t: i for i, t in enumerate(targets)}
         condition_dosage = np.zeros((len(condition_names), len(targets)), dtype=np.float32)
         for i, c in enumerate(condition_names):

@@ -10,7 +10,9 @@ else reads it:
   (``"P1_P4"`` when the separator is ``"+"`` and ``P1``, ``P4`` are seen alone)
   is refused, naming the label and the separator to use;
 - a combination whose targets are never seen alone is accepted with a warning
-  that names it: its effect can only be learnt from its own cells.
+  that names it: its effect can only be learnt from its own cells;
+- a label with an empty part (``"P0+"``, ``"+P0"``, ``"P0++P1"``) or a target
+  named twice (``"P0+P0"``) is refused: neither has one meaning.
 
 Example
 -------
@@ -32,12 +34,33 @@ OTHER_SEPARATORS = ("+", "_", "|", ";", ",", "/", "-", ":")
 def _parts(label: str, control_label: str, separator: str) -> tuple:
     if label.strip() == control_label.strip():
         return ()
-    parts = [p.strip() for p in label.split(separator)]
-    parts = list(dict.fromkeys(p for p in parts if p))
-    if not parts:
+    return tuple(check_targets(label, separator, control_label))
+
+
+def check_targets(label: str, separator: str, control_label: str = "control") -> list:
+    """The targets of a condition label; refuse empty parts and targets named twice.
+
+    >>> check_targets("P1 + P4", "+")
+    ['P1', 'P4']
+    >>> check_targets("P0+P0", "+")
+    Traceback (most recent call last):
+    ...
+    cradle_pyro.errors.CradleInputError: condition 'P0+P0' names target 'P0' twice; a dose is 0 or 1, so write 'P0'
+    """
+    parts = [p.strip() for p in str(label).split(separator)]
+    if not any(parts):
         raise CradleInputError(f"condition label {label!r} names no target; "
                                f"use {control_label!r} for control cells")
-    return tuple(parts)
+    if not all(parts):
+        named = separator.join(p for p in parts if p)
+        raise CradleInputError(f"condition {label!r} has an empty part around {separator!r}; "
+                               f"write {named!r} (or fix the separator)")
+    twice = sorted({p for p in parts if parts.count(p) > 1})
+    if twice:
+        once = separator.join(dict.fromkeys(parts))
+        raise CradleInputError(f"condition {label!r} names target {twice[0]!r} twice; a dose is "
+                               f"0 or 1, so write {once!r}")
+    return parts
 
 
 def normalise_labels(labels, control_label: str, separator: str) -> np.ndarray:
@@ -75,4 +98,4 @@ def normalise_labels(labels, control_label: str, separator: str) -> np.ndarray:
     return np.array([canon[x] for x in labels], dtype=object)
 
 
-__all__ = ["normalise_labels"]
+__all__ = ["normalise_labels", "check_targets"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import CradleInputError
+from .labels import check_targets
 
 SPLITS = ("train", "val", "test")
 
@@ -31,7 +32,7 @@ def targets_of(condition: str, control_label: str, separator: str) -> list[str]:
     """The single targets of a condition label (``[]`` for control)."""
     if condition == control_label:
         return []
-    return [t.strip() for t in str(condition).split(separator) if t.strip()]
+    return check_targets(condition, separator, control_label)
 
 
 def unseen_combination_conditions(conditions, control_label, separator, fraction, seed):

@@ -110,6 +110,14 @@ def check_counts(X, non_integer_counts: str) -> bool:
             f"counts hold negative values in {n_cells_with(mat.data < 0)} cells; "
             "pass raw UMI counts (X or a layer), not normalised or scaled values"
         )
+    if any_entry(lambda v: v > FLOAT32_EXACT):
+        import warnings
+
+        big = mat.data > FLOAT32_EXACT
+        warnings.warn(
+            f"counts above 2^24 = {FLOAT32_EXACT:,} in {n_cells_with(big)} cells (largest "
+            f"{mat.data.max():.4g}): float32 cannot hold such integers exactly, and no UMI "
+            "count is that large; are these raw UMI counts?", UserWarning, stacklevel=3)
     if not any_entry(lambda v: v != np.round(v)):
         return False
     frac = mat.data != np.round(mat.data)
@@ -125,6 +133,9 @@ def check_counts(X, non_integer_counts: str) -> bool:
                 f"non_integer_counts={non_integer_counts!r}; use 'error' or 'round'"
             )
     return bool(frac.any())
+
+
+FLOAT32_EXACT = 2 ** 24  # the largest integer float32 holds with all integers below it
 
 
 def in_memory(X):

@@ -32,6 +32,8 @@ import torch
 from cradle_pyro.errors import CradleInputError
 from cradle_pyro.guides import ArtifactGuide, guide_part
 
+from .outputs import save_figure
+
 
 def artifact_posterior(model, guide, data, split: str | None = None,
                        batch_size: int = 1024) -> pd.DataFrame:
@@ -141,4 +143,4 @@ def artifact_figure(post: pd.DataFrame, data, path) -> None:
     ax.legend(fontsize=7)
     fig.suptitle("Latent artifact state: posterior vs QC metrics and flags")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)

@@ -8,9 +8,15 @@ exit status 2. Run ``cradle-pyro SUBCOMMAND --help`` for examples.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
+import os
+import re
+import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import yaml
@@ -18,6 +24,7 @@ import yaml
 from cradle_pyro.config import LIKELIHOODS, MODELS, ModelConfig
 from cradle_pyro.errors import CradleInputError
 
+from .outputs import TMP_MARK, check_output, write_csv, write_h5ad
 from .train import TrainConfig
 
 EXAMPLES = {
@@ -282,7 +289,7 @@ def cmd_qc(args):
     shares = adata.obs.filter(like="qc_").mean().round(4).to_dict()
     print(f"artifact cells: {int(adata.obs['artifact'].sum())} of {adata.n_obs} "
           f"({adata.obs['artifact'].mean():.1%}); per criterion: {shares}")
-    adata.write_h5ad(args.out)
+    write_h5ad(adata, args.out)
     print(f"wrote {args.out}")
 
 
@@ -296,21 +303,52 @@ def cmd_train(args):
     mc, tc = configs_from_options(opts)
     data_args = _data_args(opts, opts["perturbation_key"], opts["control"])
     out = check_output_folder(args.out, overwrite=args.overwrite, resume=args.resume)
+    for source in filter(None, (args.input, args.config)):
+        if Path(os.path.realpath(source)).is_relative_to(out):
+            raise CradleInputError(f"--out {args.out!r} holds the input {source!r}; choose "
+                                   "another folder for the run")
     with RunFolderLock(out):
-        if args.overwrite and not args.resume and (out / "checkpoints").exists():
-            import shutil
-
-            shutil.rmtree(out / "checkpoints")  # a fresh training: no stale checkpoint
-        run = train_from_file(args.input, tc, mc, checkpoint_dir=out / "checkpoints",
-                              resume=args.resume, **data_args)
-        save_run(run, out, overwrite=True, extra_files={
-            "resolved_config.yaml": yaml.safe_dump({k: v for k, v in opts.items()}, sort_keys=True)})
-        save_members(run, out, opts["members"])
+        # starting over beside an old run: its checkpoints go aside until the new run is
+        # saved, so an interruption leaves the old run as it was (never a mixed folder)
+        replacing = not args.resume and out.is_dir() and any(out.iterdir())
+        pending = out.parent / f".{out.name}.pending-{os.getpid()}"
+        ckpt_dir = pending / "checkpoints" if replacing else out / "checkpoints"
+        try:
+            run = train_from_file(args.input, tc, mc, checkpoint_dir=ckpt_dir,
+                                  resume=args.resume, **data_args)
+            save_run(run, out, overwrite=True, checkpoints=ckpt_dir, extra_files={
+                "resolved_config.yaml": yaml.safe_dump({k: v for k, v in opts.items()},
+                                                       sort_keys=True)})
+            save_members(run, out, opts["members"])
+        except KeyboardInterrupt:
+            raise Interrupted(_train_interrupted(args, out, ckpt_dir, replacing, tc.epochs)) from None
+        finally:
+            if replacing:
+                shutil.rmtree(pending, ignore_errors=True)
     h = run.history
     print(f"trained {mc.model} for {len(h)} epochs (best {run.best_epoch}); "
-          f"best validation -ELBO per cell {h['val_loss'].min():.2f}; run saved in {out}"
-          + (f" with {opts['members'] - 1} more members in {out / 'members'}"
+          f"best validation -ELBO per cell {h['val_loss'].min():.2f}; run saved in {args.out}"
+          + (f" with {opts['members'] - 1} more members in {Path(args.out) / 'members'}"
              if opts["members"] > 1 else ""))
+
+
+def _train_interrupted(args, out: Path, ckpt_dir: Path, replacing: bool, epochs: int) -> str:
+    """What an interrupted training left, and how to go on."""
+    if (out / "config.json").exists() and not replacing and not args.resume:
+        return f"interrupted while training ensemble members; the first run is saved in {args.out}"
+    if replacing:
+        return f"interrupted; {args.out!r} still holds what it held before (nothing was replaced)"
+    ckpt = ckpt_dir / "checkpoint.pt"
+    if ckpt.exists():
+        from .train import load_tensors
+
+        done = int(load_tensors(ckpt)["epoch"]) + 1
+        return (f"interrupted after epoch {done} of {epochs}; the same command with --resume "
+                f"continues from epoch {done}")
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        out.rmdir()  # only if empty: nothing of this training was kept
+    return "interrupted before the first epoch ended; nothing was saved"
 
 
 def cmd_cross_validate(args):
@@ -324,10 +362,47 @@ def cmd_cross_validate(args):
     data_args = _data_args(opts, opts["perturbation_key"], opts["control"])
     table = cross_validate(_read(args.input), tc, mc, folds=args.folds, data_kwargs=data_args,
                            seed=opts["seed"])
-    table.to_csv(args.out, index=False)
+    write_csv(table, args.out, index=False)
     summary = "; ".join(f"{c} {table[c].mean():.4f} ± {table[c].std(ddof=1):.4f}"
                         for c in ("val_ate_mse", "val_ate_r"))
     print(f"{args.folds} folds: {summary} (mean ± sd over folds); wrote {args.out}")
+
+
+MIN_DRAWS = 20  # fewer posterior draws make an interval's end points noise
+
+
+def requested_conditions(text, data, path=None) -> list:
+    """The conditions asked for: comma-separated text, or one per line from ``path``."""
+    from cradle_pyro.labels import check_targets
+
+    if path is not None:
+        try:
+            lines = Path(path).read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise CradleInputError(f"cannot read --perturbations-file {str(path)!r} "
+                                   f"({getattr(err, 'strerror', None) or err})") from None
+        perts, where = [p.strip() for p in lines if p.strip() and not p.startswith("#")], \
+            f"--perturbations-file {str(path)!r}"
+    else:
+        perts, where = [p.strip() for p in text.split(",") if p.strip()], \
+            f"--perturbations {text!r}"
+    if not perts:
+        raise CradleInputError(f"{where} names no condition; give comma-separated labels, "
+                               'e.g. "A+B,C", or --perturbations-file with one per line')
+    for p in perts:
+        if p != data.control_label:
+            check_targets(p, data.separator, data.control_label)
+    twice = sorted({p for p in perts if perts.count(p) > 1})
+    if twice:
+        raise CradleInputError(f"{where} names {twice[0]!r} twice; name each condition once")
+    return perts
+
+
+def warn_few_draws(num_draws: int):
+    if num_draws < MIN_DRAWS:
+        warnings.warn(f"--num-draws {num_draws}: an interval from fewer than {MIN_DRAWS} "
+                      "posterior draws is not to be trusted (with one draw, lower = upper = "
+                      "mean); use the default or more", UserWarning, stacklevel=2)
 
 
 def cmd_effects(args):
@@ -335,14 +410,12 @@ def cmd_effects(args):
     from .run_io import load_members
 
     runs = load_members(args.run, device=args.device)
-    perts = [p.strip() for p in args.perturbations.split(",") if p.strip()]
-    if not perts:
-        raise CradleInputError(f"--perturbations {args.perturbations!r} names no condition; "
-                               'give comma-separated labels, e.g. "A+B,C"')
+    perts = requested_conditions(args.perturbations, runs[0].data, args.perturbations_file)
+    warn_few_draws(args.num_draws)
     post = ensemble_ate(runs, runs[0].data, perts, num_draws=args.num_draws, n_cells=args.n_cells,
                         seed=args.seed, interval=args.interval, basal=args.basal)
     ate = post.mean
-    (ate if args.wide else post.to_long()).to_csv(args.out, index=args.wide)
+    write_csv(ate if args.wide else post.to_long(), args.out, index=args.wide)
     top = ate.abs().max(1).round(3).to_dict()
     print(f"wrote {args.out} ({ate.shape[0]} perturbations × {ate.shape[1]} genes); "
           f"largest |ATE| per perturbation: {top}")
@@ -355,7 +428,7 @@ def cmd_sample(args):
     run = load_run(args.run, device=args.device)
     cells = sample_cells(run.model, run.guide, run.data, args.perturbation, n=args.n,
                          artifact=args.artifact, seed=args.seed)
-    cells.write_h5ad(args.out)
+    write_h5ad(cells, args.out)
     print(f"wrote {args.out}: {cells.n_obs} cells under do(dosage={args.perturbation}, "
           f"artifact={args.artifact})")
 
@@ -372,7 +445,7 @@ def cmd_counterfactual(args):
     data = cells_for_run(run, _read(args.input))
     cf = counterfactual(run.model, run.guide, data, artifact=todo.get("artifact"),
                         dosage=todo.get("dosage"), num_samples=args.num_samples, seed=args.seed)
-    cf.write_h5ad(args.out)
+    write_h5ad(cf, args.out)
     print(f"wrote {args.out}: {cf.n_obs} cells; X = sampled counterfactual counts, "
           "layers: expected, factual, factual_expected")
 
@@ -399,7 +472,7 @@ def cmd_embed(args):
     run = load_run(args.run, device=args.device)
     cells = cells_with_latents(run.model, run.guide, run.data, max_cells=None, seed=args.seed,
                                with_counts=True)
-    cells.write_h5ad(args.out)
+    write_h5ad(cells, args.out)
     print(f"wrote {args.out}: {cells.n_obs} cells with obsm X_cradle_basal "
           f"({cells.obsm['X_cradle_basal'].shape[1]} dims) and X_cradle_latent")
     if args.umap:
@@ -413,14 +486,13 @@ def cmd_artifacts(args):
 
     run = load_run(args.run, device=args.device)
     post = artifact_posterior(run.model, run.guide, run.data)
-    post.to_csv(args.out)
+    write_csv(post, args.out)
     summary = artifact_summary(post)
     print(f"wrote {args.out}: {summary['n_cells']} cells; {summary['flagged']} QC-flagged, "
           f"{summary['abducted_artifact']} abducted as artifacts (P >= 0.5); "
           f"{summary['flagged_but_clean']} flagged but abducted clean, "
           f"{summary['unflagged_but_artifact']} unflagged but abducted as artifacts")
     if args.figure:
-        _check_output_file(args.figure)
         artifact_figure(post, run.data, args.figure)
         print(f"wrote {args.figure}")
 
@@ -459,14 +531,14 @@ def cmd_demo(args):
     t0 = time.time()
     adata = simulate_screen(n_cells=args.cells, n_genes=args.genes, seed=args.seed)
     screen = out / "simulated_screen.h5ad"
-    adata.write_h5ad(screen)
+    write_h5ad(adata, screen)
     print(f"simulated {adata.n_obs} cells × {adata.n_vars} genes with injected artifacts -> {screen}")
     runs = {}
     for kind in ("cradle", "sams"):
         run = train_from_file(screen, TrainConfig(epochs=args.epochs, seed=args.seed, progress=True),
                               ModelConfig(model=kind), split="unseen-combinations",
                               heldout_fraction=0.34, seed=args.seed)
-        save_run(run, out / "runs" / kind)
+        save_run(run, out / "runs" / kind, overwrite=args.overwrite)
         runs[kind] = run
     data = runs["cradle"].data
     qc_share = float(data.artifact.max(1).mean())
@@ -550,6 +622,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name not in ("train", "cross-validate"):  # these take it as TrainConfig.threads
             p.add_argument("--threads", type=POSITIVE_INT, default=None,
                            help="CPU threads for torch (default: torch's own choice)")
+        if name in OUTPUTS:
+            p.add_argument("--overwrite", action="store_true",
+                           help="replace outputs that exist (never one of the inputs); "
+                                "without it an existing output is refused")
         return p
 
     p = add("demo", "simulate a screen with artifacts, train cradle and sams, write a report")
@@ -618,7 +694,10 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = run_cmd("effects", "average treatment effects (perturbations × genes) from generated clean cells")
-    p.add_argument("--perturbations", required=True, help='comma-separated, e.g. "A+B,C"')
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--perturbations", help='comma-separated, e.g. "A+B,C"')
+    which.add_argument("--perturbations-file", metavar="FILE",
+                       help="a text file of conditions, one per line (any label, commas too)")
     p.add_argument("--out", required=True, help="output CSV")
     add_draws_arguments(p)
     p.add_argument("--interval", type=MASS, default=0.9,
@@ -671,36 +750,149 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-FILE_OUTPUTS = ("qc", "cross-validate", "effects", "sample", "counterfactual", "artifacts", "embed", "diagnose")
+# command -> (the options naming its outputs, whether --out is a folder)
+OUTPUTS = {"qc": (("out",), False), "cross-validate": (("out",), False),
+           "effects": (("out",), False), "sample": (("out",), False),
+           "counterfactual": (("out",), False), "artifacts": (("out", "figure"), False),
+           "embed": (("out", "umap"), False), "diagnose": (("out",), False),
+           "evaluate": (("out",), True), "demo": (("out",), True)}
 
 
-def _check_output_file(path):
-    """An output file must go into an existing folder and not onto a folder."""
-    path = Path(path)
-    if path.is_dir():
-        raise CradleInputError(f"--out {str(path)!r} is a folder; give a file name")
-    if not path.parent.exists():
-        raise CradleInputError(f"the folder {str(path.parent)!r} for --out does not exist; "
-                               "create it first")
+def _inputs(args) -> list:
+    """Every file a command reads: its input, config, run folders and their training files."""
+    paths = [Path(p) for p in (getattr(args, "input", None), getattr(args, "config", None)) if p]
+    runs = [getattr(args, "run", None)] + list(getattr(args, "compare", None) or [])
+    for run in filter(None, runs):
+        run = Path(run)
+        paths.append(run)
+        if run.is_dir():
+            paths += [p for p in run.rglob("*") if p.is_file()]
+        with contextlib.suppress(Exception):  # a broken run is reported when it is loaded
+            src = json.loads((run / "config.json").read_text())["data"]["path"]
+            if src:
+                paths.append(Path(src))
+    return paths
+
+
+def _check_outputs(args):
+    """Refuse outputs that exist (without --overwrite) or that are one of the inputs."""
+    names, folder = OUTPUTS[args.command]
+    inputs = _inputs(args)
+    chosen = []
+    for name in names:
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        flag = "--" + name
+        is_folder = folder and name == "out"
+        check_output(value, overwrite=args.overwrite, inputs=inputs, flag=flag, folder=is_folder)
+        for other_flag, other in chosen:
+            if os.path.realpath(other) == os.path.realpath(value):
+                raise CradleInputError(f"{flag} and {other_flag} are both {value!r}; give two names")
+        chosen.append((flag, value))
+    for sibling in _siblings(args):
+        check_output(sibling, overwrite=args.overwrite, inputs=inputs, flag="--out")
+
+
+def _siblings(args) -> list:
+    """Files a command writes beside its --out (diagnose: tables and figures)."""
+    if args.command != "diagnose":
+        return []
+    from .diagnostics import sibling_paths
+
+    return list(sibling_paths(args.out).values())
+
+
+# what the library's messages call a Python argument, as the command line spells it
+CLI_WORDS = {
+    "(pass perturbation_key=...)": "(pass --perturbation-key)",
+    "(pass control_label=...)": "(pass --control)",
+    "(control_label=...)": "(--control)",
+    "(perturbation_key=...)": "(--perturbation-key)",
+    "(pass layer=None to use X)": "(leave out --layer to use X)",
+    "non_integer_counts='round'": "--round-counts",
+    "pass doublets=False": "pass --no-doublets",
+    "pass combination_separator=": "pass --separator ",
+    "(load_run(run, adata=...))": "(it is named in the run's config.json)",
+    "pass --overwrite (overwrite=True)": "pass --overwrite",
+}
+_CONFIG_FIELD = re.compile(r"(?:TrainConfig|ModelConfig): (\w+)=")
+
+
+def speak_cli(message: str, argv) -> str:
+    """A library message in the words of the command line the user typed."""
+    for python, cli in CLI_WORDS.items():
+        message = message.replace(python, cli)
+
+    def flag(match):
+        name = match.group(1)
+        option = "--" + name.replace("_", "-")
+        if option in argv:
+            return f"{option} "
+        return f"{name}="
+    return _CONFIG_FIELD.sub(flag, message, count=1)
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line for what the operating system refused, naming the path and the fix."""
+    if isinstance(err, shutil.Error) and err.args and isinstance(err.args[0], list):
+        first = err.args[0][0]  # (source, destination, reason)
+        return f"cannot copy {first[0]!r}: {first[2]}; nothing was replaced"
+    name = err.filename
+    if name and TMP_MARK in Path(str(name)).name:  # the temporary sibling stands for its file
+        tmp = Path(str(name))
+        name = str(tmp.parent / (tmp.name[1:].split(TMP_MARK)[0] + tmp.suffix))
+    where = f" {str(name)!r}" if name else ""
+    fixes = {errno.ENOSPC: "the disk is full; free space and run again (nothing was replaced)",
+             errno.EDQUOT: "the disk quota is used up; free space and run again",
+             errno.EACCES: "permission denied; choose a place you can write to, or fix its "
+                           "permissions",
+             errno.EPERM: "not permitted; choose a place you can write to",
+             errno.EROFS: "the file system is read-only; choose another place",
+             errno.ENOENT: "not found",
+             errno.ENOTDIR: "a part of the path is a file, not a folder",
+             errno.EISDIR: "is a folder; give a file name"}
+    reason = fixes.get(err.errno, err.strerror or str(err))
+    return f"{reason}:{where}" if err.errno not in (errno.ENOENT, errno.EISDIR) else \
+        f"{where.strip()} {reason}"
+
+
+class Interrupted(Exception):
+    """Ctrl-C, with what it left behind."""
 
 
 def main(argv=None):
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     import torch
 
     threads = torch.get_num_threads()
+    prefix = f"cradle-pyro {args.command}: "
+    shown = warnings.formatwarning
+    warnings.formatwarning = lambda message, *rest, **kw: f"{prefix}warning: {message}\n"
     try:
-        if args.command in FILE_OUTPUTS:
-            _check_output_file(args.out)
+        if args.command in OUTPUTS:
+            _check_outputs(args)
         if getattr(args, "threads", None):
             torch.set_num_threads(args.threads)
         args.func(args)
     except (CradleInputError, FileNotFoundError) as err:
-        print(f"cradle-pyro {args.command}: error: {err}", file=sys.stderr)
+        text = str(err) if isinstance(err, CradleInputError) else describe_os_error(err)
+        print(prefix + "error: " + speak_cli(text.replace("\n", " "), argv), file=sys.stderr)
         return 2
+    except OSError as err:
+        print(prefix + "error: " + describe_os_error(err), file=sys.stderr)
+        return 2
+    except Interrupted as err:
+        print(prefix + str(err), file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(prefix + "interrupted; no output was written or replaced", file=sys.stderr)
+        return 130
     finally:
         torch.set_num_threads(threads)  # in-process callers keep their own setting
+        warnings.formatwarning = shown
     return 0
 
 

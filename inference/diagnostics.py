@@ -36,11 +36,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyro
 import torch
 from pyro import poutine
 
 from .objective import per_cell_log_weights
+from .outputs import atomic_file, save_figure, write_csv
 from .seeding import keeps_global_rng
 
 with warnings.catch_warnings():
@@ -178,22 +180,33 @@ def compare(idatas: dict, ic: str = "loo"):
         return az.compare(idatas, ic=ic)
 
 
+def sibling_paths(out) -> dict:
+    """The files :func:`diagnose_run` writes beside its netCDF ``out``."""
+    stem = Path(out).with_suffix("")
+    return {"summary": Path(f"{stem}_summary.csv"), "forest": Path(f"{stem}_forest.png"),
+            "ppc": Path(f"{stem}_ppc.png"), "khat": Path(f"{stem}_khat.csv")}
+
+
 def diagnose_run(run, out, *, n_cells: int = 100, num_draws: int = 100, seed: int = 0,
                  extra_runs=()) -> dict:
-    """Write ``out`` (netCDF) with summary CSV, forest plot and predictive checks beside it."""
+    """Write ``out`` (netCDF) with summary CSV, forest plot and predictive checks beside it.
+
+    Every file is written to a temporary sibling and renamed into place.
+    """
     import matplotlib.pyplot as plt
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    paths = sibling_paths(out)
     data = run.data
     idata = to_arviz([run, *extra_runs], data, n_cells=n_cells, num_draws=num_draws, seed=seed)
-    idata.to_netcdf(str(out))
-    stem = out.with_suffix("")
+    with atomic_file(out) as tmp:
+        idata.to_netcdf(str(tmp))
     var_names = [v for v in idata.posterior.data_vars if v != "mask"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         summary = az.summary(idata, var_names=var_names)
-    summary.to_csv(f"{stem}_summary.csv")
+    write_csv(summary, paths["summary"])
     # forest plot of the strongest perturbation effects
     if "effect" in idata.posterior:
         eff = idata.posterior["effect"]
@@ -207,13 +220,13 @@ def diagnose_run(run, out, *, n_cells: int = 100, num_draws: int = 100, seed: in
                                   combined=True,
                                   figsize=(6, max(3, 0.3 * len(top) * run.model.latent_dim)))
         fig = np.ravel(axes)[0].figure
-        fig.savefig(f"{stem}_forest.png", dpi=100, bbox_inches="tight")
+        save_figure(fig, paths["forest"], dpi=100, bbox_inches="tight")
         plt.close(fig)
-    _ppc_figure(idata, f"{stem}_ppc.png")
+    _ppc_figure(idata, paths["ppc"])
     k = psis_khat(run, data, n_cells=min(500, n_cells * 5), seed=seed)
-    np.savetxt(f"{stem}_khat.csv", k["khat_per_cell"], delimiter=",", header="khat", comments="")
-    return {"netcdf": str(out), "summary": f"{stem}_summary.csv", "forest": f"{stem}_forest.png",
-            "ppc": f"{stem}_ppc.png", "khat_median": k["median"],
+    write_csv(pd.DataFrame({"khat": k["khat_per_cell"]}), paths["khat"], index=False)
+    return {"netcdf": str(out), "summary": str(paths["summary"]), "forest": str(paths["forest"]),
+            "ppc": str(paths["ppc"]), "khat_median": k["median"],
             "khat_share_below_0.7": k["share_below_0.7"], "khat_overall": k["khat_overall"],
             "khat_globals": k["khat_globals"], "khat_whole_guide": k["khat_whole_guide"],
             "khat_reading": k["reading"]}
@@ -239,7 +252,7 @@ def _ppc_figure(idata, path):
     ax[1].set_xlabel("observed gene mean (log1p)")
     ax[1].set_ylabel("predicted gene mean (log1p)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
 
 
 def load_netcdf(path):

@@ -32,6 +32,7 @@ import pyro
 import torch
 from pyro import poutine
 
+from .outputs import save_figure
 from .objective import _location
 from .seeding import keeps_global_rng
 
@@ -94,7 +95,7 @@ def umap_figure(cells, path):
             if view.obs[key].nunique() <= 12:
                 ax.legend(fontsize=6, markerscale=3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 def cells_with_latents(model, guide, data, max_cells: int | None = 3000, seed: int = 0,

@@ -44,6 +44,7 @@ from .artifacts import artifact_figure, artifact_posterior, artifact_summary
 from .embeddings import cells_with_latents, umap_figure
 from .metrics import pca_energy_distance, qc_pass_rate
 from .objective import iwelbo
+from .outputs import save_figure, write_csv, write_text
 from .scoring import (SCORE_COLUMNS, clean_cells, held_out_conditions, interactions, score_ates,
                       summarise_scores)
 
@@ -108,13 +109,13 @@ def evaluate(runs: dict, data, out_dir, *, split: str = "test", num_draws: int =
     report["per_perturbation"] = table.round(4).to_dict(orient="records")
     report["interactions"] = inter.round(4).to_dict(orient="records")
     report["models"] = extras
-    table.to_csv(out / "scores.csv", index=False)
+    write_csv(table, out / "scores.csv", index=False)
     for name, post in posteriors.items():
-        post.to_long().to_csv(out / f"ate_{_safe(name)}.csv", index=False)
+        write_csv(post.to_long(), out / f"ate_{_safe(name)}.csv", index=False)
     _scatter_figure(posteriors, data, perts, split, out / "figures" / "ate_scatter.png")
     _loss_figure(runs, out / "figures" / "loss_curves.png")
-    (out / "metrics.json").write_text(json.dumps(report, indent=2, default=_json_default))
-    (out / "report.md").write_text(markdown_report(report))
+    write_text(out / "metrics.json", json.dumps(report, indent=2, default=_json_default))
+    write_text(out / "report.md", markdown_report(report))
     return report
 
 
@@ -188,7 +189,7 @@ def _scatter_figure(posteriors, data, perts, split, path, max_panels=12):
         ax.axis("off")
     axes.ravel()[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 def _loss_figure(runs, path):
@@ -208,7 +209,7 @@ def _loss_figure(runs, path):
     ax[0].legend(fontsize=7)
     ax[1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 def _qc_figure(generated, data, split, perts, path):
@@ -229,7 +230,7 @@ def _qc_figure(generated, data, split, perts, path):
         ax.set_xlabel(c)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 def markdown_report(report: dict) -> str:

@@ -60,6 +60,7 @@ from cradle_pyro.model import CradleModel, target_gene_index
 from cradle_pyro.qc import QCThresholds
 
 from .ensembles import fit_ensemble
+from .outputs import write_text
 from .train import TrainConfig, TrainedRun, atomic_save, fit, load_tensors
 
 SPLIT_COLUMN = "cradle_split"
@@ -70,10 +71,59 @@ QC_PREFIX = "cradle_qc_"  # standardised QC covariates of a latent artifact stat
 FLAG_PREFIX = "cradle_flag_"  # QC flags per criterion, its evidence
 
 
-def _write_text(path: Path, text: str):
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):  # "Error(s) in loading state_dict ...:"
+        return lines[1][:200]
+    return lines[0][:200] if lines else type(err).__name__
+
+
+DAMAGED = ("the run folder is damaged or was edited by hand; restore it from a copy "
+           "or train it again")
+
+
+def read_run_json(path: Path):
+    """A run folder's JSON file, or one line saying which file is missing or broken."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CradleInputError(f"{str(path)!r} is missing; {DAMAGED}") from None
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise CradleInputError(f"{str(path)!r} is not valid JSON ({_first_line(err)}); "
+                               f"{DAMAGED}") from None
+
+
+def read_run_csv(path: Path, **kwargs) -> pd.DataFrame:
+    """A run folder's CSV table, or one line saying which file is missing or broken."""
+    path = Path(path)
+    try:
+        return pd.read_csv(path, **kwargs)
+    except FileNotFoundError:
+        raise CradleInputError(f"{str(path)!r} is missing; {DAMAGED}") from None
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as err:
+        raise CradleInputError(f"{str(path)!r} cannot be read as a table ({_first_line(err)}); "
+                               f"{DAMAGED}") from None
+
+
+class _DamagedRun:
+    """Turn what a damaged or hand-edited run folder raises into one line naming the folder."""
+
+    def __init__(self, run_dir):
+        self.run_dir = run_dir
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb):
+        if kind is None or issubclass(kind, CradleInputError):
+            return False
+        if issubclass(kind, (KeyError, TypeError, RuntimeError, ValueError, IndexError)):
+            what = (f"a key {err} is missing" if isinstance(err, KeyError)
+                    else _first_line(err))
+            raise CradleInputError(f"the run in {str(self.run_dir)!r} does not hold together "
+                                   f"({what}); {DAMAGED}") from None
+        return False
 
 
 def read_anndata(path, backed: bool = False) -> ad.AnnData:
@@ -90,6 +140,9 @@ def read_anndata(path, backed: bool = False) -> ad.AnnData:
         return ad.read_h5ad(path, backed="r" if backed else None)
     except Exception as err:  # h5py / anndata raise many kinds for foreign or cut files
         reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        if "unable to lock file" in str(err).lower():
+            raise CradleInputError(f"{str(path)!r} is held open for writing by another process "
+                                   "(HDF5 file lock); wait until it is closed") from None
         raise CradleInputError(f"cannot read {str(path)!r} as AnnData (.h5ad): {reason}; "
                                "is it an .h5ad file written completely?") from None
 
@@ -246,32 +299,38 @@ def check_output_folder(path, overwrite: bool = False, resume: bool = False) -> 
     if not path.parent.exists():
         raise CradleInputError(f"the folder {str(path.parent)!r} for --out does not exist; "
                                "create it first")
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        if (path / "config.json").exists() and not resume:
-            raise CradleInputError(f"{str(path)!r} holds a trained run; pass --overwrite "
-                                   "(overwrite=True) to replace it or choose another --out")
-        interrupted = (path / "checkpoints").exists() and not (path / "config.json").exists()
-        if interrupted and not resume:
-            raise CradleInputError(f"{str(path)!r} holds an interrupted training; pass --resume "
-                                   "to continue it or --overwrite to start over")
+    if path.exists() and any(path.iterdir()):
+        # only a run folder is ever replaced: other files in it refuse even --overwrite
         foreign = [p.name for p in path.iterdir() if p.name not in RUN_FILES]
         if foreign:
             raise CradleInputError(f"{str(path)!r} holds other files ({foreign[:3]}); "
                                    "choose an empty or new folder for the run")
-    return path
+        if (path / "config.json").exists() and not resume and not overwrite:
+            raise CradleInputError(f"{str(path)!r} holds a trained run; pass --overwrite "
+                                   "(overwrite=True) to replace it or choose another --out")
+        interrupted = (path / "checkpoints").exists() and not (path / "config.json").exists()
+        if interrupted and not resume and not overwrite:
+            raise CradleInputError(f"{str(path)!r} holds an interrupted training; pass --resume "
+                                   "to continue it or --overwrite to start over")
+    return Path(os.path.realpath(path))  # a symlinked --out: the run goes where the link points
 
 
 RUN_FILES = ("config.json", "model.pt", "guide.pt", "history.csv", "qc_thresholds.json",
              "names.json", "cells.csv", "checkpoints", "resolved_config.yaml")
 
 
-def save_run(run: TrainedRun, path, overwrite: bool = False, extra_files: dict | None = None) -> Path:
+def save_run(run: TrainedRun, path, overwrite: bool = False, extra_files: dict | None = None,
+             checkpoints=None) -> Path:
     """Write ``run`` as a folder, atomically (see module docstring).
 
     ``extra_files`` maps file names to text written into the folder with it.
-    A ``checkpoints/`` folder inside ``path`` (from this training) is kept.
+    ``checkpoints`` is the folder of this training's checkpoints, copied into
+    the run; by default a ``checkpoints/`` folder inside ``path`` is kept. A
+    symlinked ``path`` is resolved first: the run replaces the folder the link
+    points to, and nothing is followed out of the run folder when the old run
+    is deleted.
     """
-    path = Path(path)
+    path = Path(os.path.realpath(path))
     objects = {k: type(v).__name__ for k, v in run.model_config.priors.items() if not isinstance(v, str)}
     if objects:
         raise CradleInputError(
@@ -289,8 +348,9 @@ def save_run(run: TrainedRun, path, overwrite: bool = False, extra_files: dict |
         _write_run(run, tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        if (path / "checkpoints").is_dir():
-            shutil.copytree(path / "checkpoints", tmp / "checkpoints")
+        kept = Path(checkpoints) if checkpoints is not None else path / "checkpoints"
+        if kept.is_dir() and not kept.is_symlink():
+            shutil.copytree(kept, tmp / "checkpoints", symlinks=True)
         _fsync_dir(tmp)
         old = path.parent / f".{path.name}.old-{tag}"
         if path.exists():
@@ -317,7 +377,7 @@ def _write_run(run: TrainedRun, path: Path):
                        "fingerprint": source.get("fingerprint"),
                        "control_label": data.control_label, "separator": data.separator},
               "best_epoch": int(run.best_epoch), "guide": run.train_config.guide}
-    _write_text(path / "config.json", json.dumps(config, indent=2))
+    write_text(path / "config.json", json.dumps(config, indent=2))
     atomic_save(run.model.state_dict(), path / "model.pt")
     atomic_save(run.guide.state_dict(), path / "guide.pt")
     run.history.to_csv(path / "history.csv", index=False)
@@ -327,9 +387,9 @@ def _write_run(run: TrainedRun, path: Path):
                                "centre": _floats(getattr(data, "qc_covariate_centre", None)),
                                "scale": _floats(getattr(data, "qc_covariate_scale", None))},
              "qc_flags": list(getattr(data, "qc_flag_names", []))}
-    _write_text(path / "names.json", json.dumps(names))
+    write_text(path / "names.json", json.dumps(names))
     if data.qc_thresholds is not None:
-        _write_text(path / "qc_thresholds.json", json.dumps(data.qc_thresholds.to_dict(), indent=2))
+        write_text(path / "qc_thresholds.json", json.dumps(data.qc_thresholds.to_dict(), indent=2))
     cells = pd.DataFrame(data.artifact, index=data.obs_names,
                          columns=[ARTIFACT_PREFIX + a for a in data.artifact_names])
     cells.insert(0, SPLIT_COLUMN, data.split)
@@ -348,12 +408,12 @@ def _floats(values) -> list:
 
 
 def _saved_flag_names(run_dir: Path) -> list:
-    return json.loads((run_dir / "names.json").read_text()).get("qc_flags") or []
+    return read_run_json(run_dir / "names.json").get("qc_flags") or []
 
 
 def _saved_qc_covariates(run_dir: Path):
     """(names, centre, scale) of the run's QC covariates (empty for older runs)."""
-    saved = json.loads((run_dir / "names.json").read_text()).get("qc_covariates") or {}
+    saved = read_run_json(run_dir / "names.json").get("qc_covariates") or {}
     names = saved.get("names", [])
     return names, np.asarray(saved.get("centre", []), float), np.asarray(saved.get("scale", []), float)
 
@@ -365,7 +425,7 @@ def _jsonable(d: dict) -> dict:
 def rebuild_data(run_dir, adata: ad.AnnData | None = None) -> PerturbationData:
     """The run's PerturbationData, with the saved splits and artifact labels."""
     run_dir = Path(run_dir)
-    config = json.loads((run_dir / "config.json").read_text())
+    config = read_run_json(run_dir / "config.json")
     source = "the AnnData given"
     if adata is None:
         src = config["data"]["path"]
@@ -374,7 +434,7 @@ def rebuild_data(run_dir, adata: ad.AnnData | None = None) -> PerturbationData:
                 f"the run's training file {src!r} is not available; pass the AnnData it was trained on")
         adata = read_anndata(src)
         source = f"the training file {src!r}"
-    cells = pd.read_csv(run_dir / "cells.csv", index_col=0).drop(
+    cells = read_run_csv(run_dir / "cells.csv", index_col=0).drop(
         columns=[LIBRARY_COLUMN, CONDITION_COLUMN], errors="ignore")
     qc_cols = [c for c in cells.columns if c.startswith((QC_PREFIX, FLAG_PREFIX))]
     qc_saved, cells = cells[qc_cols], cells.drop(columns=qc_cols)
@@ -407,7 +467,7 @@ def rebuild_data(run_dir, adata: ad.AnnData | None = None) -> PerturbationData:
         data.qc_flag_names = flag_names
     qc_path = run_dir / "qc_thresholds.json"
     if qc_path.exists():
-        data.qc_thresholds = QCThresholds.from_dict(json.loads(qc_path.read_text()))
+        data.qc_thresholds = QCThresholds.from_dict(read_run_json(qc_path))
     return data
 
 
@@ -425,8 +485,8 @@ class RunData:
     is_stand_in = True
 
     def __init__(self, run_dir: Path, config: dict):
-        names = json.loads((run_dir / "names.json").read_text())
-        cells = pd.read_csv(run_dir / "cells.csv", index_col=0)
+        names = read_run_json(run_dir / "names.json")
+        cells = read_run_csv(run_dir / "cells.csv", index_col=0)
         self.gene_names, self.perturbation_names = names["genes"], names["perturbations"]
         self.artifact_names, self.condition_names = names["artifacts"], names["conditions"]
         self.control_label = config["data"]["control_label"]
@@ -444,7 +504,7 @@ class RunData:
         self.saved_dosage = (np.stack([self.dosage_of(str(c)) for c in cells[CONDITION_COLUMN]])
                              if CONDITION_COLUMN in cells else None)
         qc_path = run_dir / "qc_thresholds.json"
-        self.qc_thresholds = (QCThresholds.from_dict(json.loads(qc_path.read_text()))
+        self.qc_thresholds = (QCThresholds.from_dict(read_run_json(qc_path))
                               if qc_path.exists() else None)
         self.gene_mean = self.gene_std = None  # filled from the guide's state
         (self.qc_covariate_names, self.qc_covariate_centre,
@@ -484,7 +544,12 @@ def load_run(run_dir, adata: ad.AnnData | None = None, device="cpu") -> TrainedR
     recover_run_folder(run_dir)
     if not (run_dir / "config.json").exists():
         raise CradleInputError(f"{str(run_dir)!r} is not a run folder (no config.json)")
-    config = json.loads((run_dir / "config.json").read_text())
+    with _DamagedRun(run_dir):
+        return _load_run(run_dir, adata, device)
+
+
+def _load_run(run_dir: Path, adata, device) -> TrainedRun:
+    config = read_run_json(run_dir / "config.json")
     src = config["data"]["path"]
     if adata is None and (src is None or not Path(src).exists()):
         import warnings
@@ -519,7 +584,7 @@ def _load_weights(run_dir: Path, config: dict, data, device) -> TrainedRun:
     guide.load_state_dict(load_tensors(run_dir / "guide.pt", device))
     model.to(device).eval()
     guide.to(device).eval()
-    history = pd.read_csv(run_dir / "history.csv")
+    history = read_run_csv(run_dir / "history.csv")
     run = TrainedRun(model, guide, mc, tc, history, config["best_epoch"], data)
     run.data_source = {"path": config["data"]["path"], "args": config["data"]["args"],
                        "fingerprint": config["data"].get("fingerprint")}
@@ -553,8 +618,9 @@ def load_members(run_dir, adata: ad.AnnData | None = None, device="cpu") -> list
     rest = []
     for folder in folders:
         recover_run_folder(folder)
-        config = json.loads((folder / "config.json").read_text())
-        rest.append(_load_weights(folder, config, first.data, device))
+        with _DamagedRun(folder):
+            config = read_run_json(folder / "config.json")
+            rest.append(_load_weights(folder, config, first.data, device))
     return [first, *rest]
 
 

@@ -5,8 +5,12 @@ paths), the text the message must contain, and the output path that must not
 appear. Run in-process, so argparse refusals are caught as ``SystemExit(2)``.
 """
 
+import hashlib
+import json
+import os
 import pickle
 import shutil
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -64,8 +68,42 @@ def files(tmp_path_factory):
     foreign = root / "foreign"
     foreign.mkdir()
     (foreign / "thesis.docx").write_text("mine")
+    controls = adata[adata.obs["perturbation"] == "control"].copy()
+    controls.write_h5ad(root / "controls_only.h5ad")
+    for name, edit in DAMAGE.items():
+        shutil.copytree(run, root / name)
+        edit(root / name)
+    (root / "ate_existing.csv").write_text("perturbation,gene,mean\nmine,mine,1\n")
+    (root / "report_existing").mkdir()
+    (root / "report_existing" / "notes.md").write_text("mine")
     return {"screen": str(screen), "run": str(run), "root": str(root), "evil": str(evil),
             "foreign": str(foreign)}
+
+
+def _cut(path):
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2])
+
+
+def _edit_hidden_dim(run):
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["hidden_dim"] = 33
+    (run / "config.json").write_text(json.dumps(config))
+
+
+def _link_config_to_binary(run):
+    (run / "config.json").unlink()
+    (run / "config.json").symlink_to(run / "model.pt")
+
+
+DAMAGE = {  # run folders spoilt in the ways a user's disk or editor spoils them
+    "cut_config": lambda run: _cut(run / "config.json"),
+    "cut_names": lambda run: _cut(run / "names.json"),
+    "cut_cells": lambda run: (run / "cells.csv").write_text(""),
+    "edited_hidden": _edit_hidden_dim,
+    "linked_config": _link_config_to_binary,
+    "no_model": lambda run: (run / "model.pt").unlink(),
+}
 
 
 T = "train {screen} --no-doublets --epochs 1 --out {root}/new_run"
@@ -76,32 +114,32 @@ Q = "qc {screen} --no-doublets --out {root}/qc.h5ad"
 
 CASES = [
     # train: numbers and choices
-    (T + " --batch-size 0", "batch_size=0 must be at least 1"),
-    (T + " --num-particles 0", "num_particles=0 must be at least 1"),
-    (T + " --lr -1", "lr=-1.0 must be greater than 0"),
-    (T + " --lr 0", "lr=0.0 must be greater than 0"),
-    (T + " --lr nan", "lr=nan must be finite"),
-    (T + " --latent-dim 0", "latent_dim=0 must be at least 1"),
-    (T + " --hidden-dim 0", "hidden_dim=0 must be at least 1"),
-    (T + " --n-layers 0", "n_layers=0 must be at least 1"),
-    (T + " --epochs 0", "epochs=0 must be at least 1"),
-    (T + " --epochs -3", "epochs=-3 must be at least 1"),
-    (T + " --patience 0", "patience=0 must be at least 1"),
-    (T + " --beta -1", "beta=-1.0 must be at least 0"),
-    (T + " --independence -2", "independence=-2.0 must be at least 0"),
-    (T + " --mask-prob 1.5", "mask_prob=1.5 must be less than 1"),
-    (T + " --mask-prob 0", "mask_prob=0.0 must be greater than 0"),
-    (T + " --effect-scale 0", "effect_scale=0.0 must be greater than 0"),
-    (T + " --class-balance 1.5", "class_balance=1.5 must be less than 1"),
-    (T + " --weight-decay -1", "weight_decay=-1.0 must be at least 0"),
-    (T + " --clip-norm 0", "clip_norm=0.0 must be greater than 0"),
-    (T + " --warmup 5", "warmup=5 must be less than epochs=1"),
-    (T + " --select best", "select='best'"),
+    (T + " --batch-size 0", "--batch-size 0 must be at least 1"),
+    (T + " --num-particles 0", "--num-particles 0 must be at least 1"),
+    (T + " --lr -1", "--lr -1.0 must be greater than 0"),
+    (T + " --lr 0", "--lr 0.0 must be greater than 0"),
+    (T + " --lr nan", "--lr nan must be finite"),
+    (T + " --latent-dim 0", "--latent-dim 0 must be at least 1"),
+    (T + " --hidden-dim 0", "--hidden-dim 0 must be at least 1"),
+    (T + " --n-layers 0", "--n-layers 0 must be at least 1"),
+    (T + " --epochs 0", "--epochs 0 must be at least 1"),
+    (T + " --epochs -3", "--epochs -3 must be at least 1"),
+    (T + " --patience 0", "--patience 0 must be at least 1"),
+    (T + " --beta -1", "--beta -1.0 must be at least 0"),
+    (T + " --independence -2", "--independence -2.0 must be at least 0"),
+    (T + " --mask-prob 1.5", "--mask-prob 1.5 must be less than 1"),
+    (T + " --mask-prob 0", "--mask-prob 0.0 must be greater than 0"),
+    (T + " --effect-scale 0", "--effect-scale 0.0 must be greater than 0"),
+    (T + " --class-balance 1.5", "--class-balance 1.5 must be less than 1"),
+    (T + " --weight-decay -1", "--weight-decay -1.0 must be at least 0"),
+    (T + " --clip-norm 0", "--clip-norm 0.0 must be greater than 0"),
+    (T + " --warmup 5", "--warmup 5 must be less than epochs=1"),
+    (T + " --select best", "--select 'best'"),
     (T + " --model foo", "model='foo'"),
     (T + " --likelihood foo", "likelihood='foo'"),
-    (T + " --guide foo", "guide='foo'"),
-    (T + " --alignment-weighting foo", "alignment_weighting='foo'"),
-    (T + " --seed -1", "seed=-1 must be at least 0"),
+    (T + " --guide foo", "--guide 'foo'"),
+    (T + " --alignment-weighting foo", "--alignment-weighting 'foo'"),
+    (T + " --seed -1", "--seed -1 must be at least 0"),
     (T + " --batch-size abc", "invalid int value"),
     # train: data
     (T + " --perturbation-key guide", "perturbation column 'guide' not in obs"),
@@ -178,6 +216,42 @@ CASES = [
     ("demo --cells 0 --out {root}/demo", "must be at least 1"),
     ("demo --genes -1 --out {root}/demo", "must be at least 1"),
     ("demo --epochs 0 --out {root}/demo", "must be at least 1"),
+    # outputs that exist, or that are an input: refused, and the file is left as it was
+    ("qc {screen} --no-doublets --out {screen}", "is the input"),
+    ("qc {screen} --no-doublets --out {screen} --overwrite", "is the input"),
+    ("counterfactual {run} {screen} --do artifact=clean --out {screen} --overwrite", "is the input"),
+    ("sample {run} --perturbation P0 --n 5 --out {screen} --overwrite", "is the input"),
+    ("effects {run} --perturbations P0 --out {screen} --overwrite", "is the input"),
+    ("effects {run} --perturbations P0 --out {run}/config.json --overwrite", "is the input"),
+    ("effects {run} --perturbations P0 --out {root}/ate_existing.csv", "exists; pass --overwrite"),
+    ("embed {run} --out {root}/ate_existing.csv", "exists; pass --overwrite"),
+    ("artifacts {run} --out {root}/a.csv --figure {screen}", "is the input"),
+    ("diagnose {run} --out {screen} --overwrite", "is the input"),
+    ("evaluate {run} --out {root}/report_existing", "exists; pass --overwrite"),
+    ("evaluate {run} --out {run} --overwrite", "is the input"),
+    ("demo --out {foreign}", "exists; pass --overwrite"),
+    ("train {screen} --no-doublets --epochs 1 --out {foreign} --overwrite", "holds other files"),
+    ("train {screen} --no-doublets --epochs 1 --out {root} --overwrite", "holds other files"),
+    # labels
+    ("effects {run} --perturbations P0+P0 --out {root}/ate.csv", "names target 'P0' twice"),
+    ("effects {run} --perturbations P0+ --out {root}/ate.csv", "has an empty part"),
+    ("effects {run} --perturbations P0,P0 --out {root}/ate.csv", "names 'P0' twice"),
+    ("effects {run} --perturbations-file {root}/nope.txt --out {root}/ate.csv", "cannot read"),
+    ("effects {run} --perturbations P0 --perturbations-file {root}/notes.txt --out {root}/ate.csv",
+     "not allowed with argument"),
+    ("sample {run} --perturbation P0+P0 --out {root}/cells.h5ad", "names target 'P0' twice"),
+    ("train {root}/controls_only.h5ad --no-doublets --out {root}/new_run", "every cell in"),
+    # damaged or hand-edited run folders
+    ("effects {root}/cut_config --perturbations P0 --out {root}/ate.csv", "is not valid JSON"),
+    ("effects {root}/cut_names --perturbations P0 --out {root}/ate.csv", "is not valid JSON"),
+    ("effects {root}/cut_cells --perturbations P0 --out {root}/ate.csv", "cannot be read as a table"),
+    ("effects {root}/edited_hidden --perturbations P0 --out {root}/ate.csv", "size mismatch"),
+    ("effects {root}/linked_config --perturbations P0 --out {root}/ate.csv", "is not valid JSON"),
+    ("effects {root}/no_model --perturbations P0 --out {root}/ate.csv", "is missing"),
+    ("sample {root}/edited_hidden --perturbation P0 --out {root}/cells.h5ad", "size mismatch"),
+    # the words of the command line, not of the Python API
+    ("train {screen} --no-doublets --epochs 1 --out {root}/new_run --control ctrl", "pass --control"),
+    ("qc {root}/lognorm.h5ad --no-doublets --out {root}/qc.h5ad", "--round-counts"),
 ]
 
 
@@ -187,24 +261,39 @@ def _outputs(argv):
     return []
 
 
+def checksums(root) -> dict:
+    """md5 of every file under ``root`` (links by their own target name): proof nothing changed."""
+    out = {}
+    for path in sorted(Path(root).rglob("*")):
+        if path.is_symlink():
+            out[str(path)] = "->" + os.readlink(path)
+        elif path.is_file():
+            out[str(path)] = hashlib.md5(path.read_bytes()).hexdigest()
+    return out
+
+
+def run_cli(argv, capsys):
+    """(exit status, stderr) of one in-process CLI call, argparse refusals included."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err.strip()
+
+
 @pytest.mark.parametrize("line,message", CASES, ids=[c[0][:60] for c in CASES])
 def test_bad_input_is_refused_in_one_line(files, line, message, capsys):
     argv = line.format(**files).split()
-    outputs = [o for o in _outputs(argv) if not __import__("os").path.exists(o)]
-    before = sorted(p.name for p in __import__("pathlib").Path(files["root"]).iterdir())
-    try:
-        code = main(argv)
-    except SystemExit as exit_:  # argparse refusals
-        code = exit_.code
-    err = capsys.readouterr().err.strip()
+    outputs = [o for o in _outputs(argv) if not os.path.exists(o)]
+    before = checksums(files["root"])
+    code, err = run_cli(argv, capsys)
     assert code == 2, err
     assert message in err, err
     assert err.count("\n") == 0 and "Traceback" not in err, err
     assert "pwned" not in capsys.readouterr().out
     for out in outputs:  # nothing written where the output would have gone
-        assert not __import__("os").path.exists(out), out
-    after = sorted(p.name for p in __import__("pathlib").Path(files["root"]).iterdir())
-    assert after == before
+        assert not os.path.exists(out), out
+    assert checksums(files["root"]) == before  # nothing changed, nothing left behind
 
 
 def test_the_table_is_long_enough():
