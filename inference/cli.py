@@ -838,23 +838,30 @@ def describe_os_error(err: OSError) -> str:
     if isinstance(err, shutil.Error) and err.args and isinstance(err.args[0], list):
         first = err.args[0][0]  # (source, destination, reason)
         return f"cannot copy {first[0]!r}: {first[2]}; nothing was replaced"
-    name = err.filename
-    if name and TMP_MARK in Path(str(name)).name:  # the temporary sibling stands for its file
-        tmp = Path(str(name))
-        name = str(tmp.parent / (tmp.name[1:].split(TMP_MARK)[0] + tmp.suffix))
-    where = f" {str(name)!r}" if name else ""
-    fixes = {errno.ENOSPC: "the disk is full; free space and run again (nothing was replaced)",
-             errno.EDQUOT: "the disk quota is used up; free space and run again",
-             errno.EACCES: "permission denied; choose a place you can write to, or fix its "
-                           "permissions",
-             errno.EPERM: "not permitted; choose a place you can write to",
-             errno.EROFS: "the file system is read-only; choose another place",
-             errno.ENOENT: "not found",
-             errno.ENOTDIR: "a part of the path is a file, not a folder",
-             errno.EISDIR: "is a folder; give a file name"}
-    reason = fixes.get(err.errno, err.strerror or str(err))
-    return f"{reason}:{where}" if err.errno not in (errno.ENOENT, errno.EISDIR) else \
-        f"{where.strip()} {reason}"
+    name = _users_name(err.filename) if err.filename else None
+    what, fix = {
+        errno.ENOSPC: ("the disk is full", "free space and run again (nothing was replaced)"),
+        errno.EDQUOT: ("the disk quota is used up", "free space and run again"),
+        errno.EACCES: ("permission denied", "choose a place you can write to, or fix its "
+                                            "permissions"),
+        errno.EPERM: ("not permitted", "choose a place you can write to"),
+        errno.EROFS: ("the file system is read-only", "choose another place"),
+        errno.ENOENT: ("not found", "check the path"),
+        errno.ENOTDIR: ("a part of the path is a file, not a folder", "check the path"),
+        errno.EISDIR: ("it is a folder", "give a file name"),
+    }.get(err.errno, (err.strerror or type(err).__name__, "check the path and run again"))
+    return f"{what}: {str(name)!r}; {fix}" if name else f"{what}; {fix}"
+
+
+def _users_name(path) -> str:
+    """The path the user named for one that runs through a temporary sibling of ours."""
+    parts = []
+    for part in Path(str(path)).parts:
+        if part.startswith(".") and TMP_MARK in part:  # .NAME.tmp-PID-RANDOM[SUFFIX]
+            name, rest = part[1:].split(TMP_MARK, 1)
+            part = name + (rest[rest.index("."):] if "." in rest else "")
+        parts.append(part)
+    return str(Path(*parts))
 
 
 class Interrupted(Exception):

@@ -111,7 +111,12 @@ def atomic_file(path):
     remove_stale_temporaries(path)
     tmp = temporary_sibling(path)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as err:
+            if err.filename is None or Path(str(err.filename)) == tmp:
+                err.filename = str(path)  # the user's name, not the temporary's
+            raise
         if not tmp.exists():
             raise OSError(f"the writer left no file for {str(path)!r}")
         _fsync(tmp)

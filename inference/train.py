@@ -386,73 +386,75 @@ def _fit(
     # the reference for an exploding loss: the untrained model's, or the best epoch's
     best_train = min([initial_loss] + [h["loss"] for h in history])
     epoch, halvings = start, 0
-    while epoch < tc.epochs:
-        snapshot = _snapshot(model, guide, optimizer, objective)
-        started = time.perf_counter()
-        try:
-            totals = _train_epoch(objective, model, guide, optimizer, data, tc, epoch, device,
-                                  rank, world, n_train)
-            mean_loss = totals.get("loss", 0.0) / n_train
-            if not math.isfinite(mean_loss) or (
-                    abs(mean_loss) > EXPLOSION * max(abs(best_train), 1.0)):
-                raise _Fault(f"the loss per cell jumped to {mean_loss:.3g} "
-                             f"(reference: {best_train:.3g}, the untrained model or the best epoch)")
-        except _Fault as fault:
-            _restore(snapshot, model, guide, optimizer, objective)
-            halvings += 1
-            if tc.on_divergence == "stop" or halvings > tc.max_lr_halvings:
-                bar.close()
-                raise TrainingDiverged(
-                    f"training diverged at epoch {epoch}: {fault}; parameters were restored to "
-                    f"the last good state {halvings - 1} time(s) with the learning rate halved; "
-                    f"nothing was saved; try a smaller lr (now {tc.lr}) or clip_norm") from None
-            for group in optimizer.param_groups:
-                group["lr"] *= 0.5
-            warnings.warn(f"epoch {epoch}: {fault}; restored the last good state and halved the "
-                          f"learning rate to {optimizer.param_groups[0]['lr']:.3g}", RuntimeWarning)
-            continue
-        best_train = min(best_train, mean_loss)
-        row = {"epoch": epoch, **{k: v / n_train for k, v in totals.items()},
-               "train_seconds": round(time.perf_counter() - started, 3)}
-        model.eval()
-        guide.eval()
-        val = evaluate_loss(val_objective, model, guide, data, "val" if has_val else "train",
-                            tc.batch_size, device)
-        # early stopping watches the fit (-ELBO), not the alignment regulariser,
-        # whose held-out value rests on a handful of reference cells per group
-        row["val_loss"] = -val["elbo"]
-        row["val_alignment"] = val["alignment"]
-        if world > 1:  # one early-stopping decision for all ranks
-            row["val_loss"] = _mean_over_ranks(row["val_loss"], device)
-        if val_effects:  # draws with its own seed; the training's random stream is kept
-            row["val_ate_error"] = val_effects.error(model, guide)
-        history.append(row)
-        score = row[SELECTION_COLUMN[tc.select]] if tc.select != "last" else -epoch
-        if epoch < tc.warmup:
-            score = math.inf  # nothing is kept, and patience does not run, before warm-up ends
-        if score < best:
-            best, best_epoch, stale = score, epoch, 0
-            if tc.select != "last":  # the last state needs no copy: it is the one left at the end
-                best_state = {"model": copy.deepcopy(model.state_dict()),
-                              "guide": copy.deepcopy(guide.state_dict())}
-        elif epoch >= tc.warmup:
-            stale += 1
-        bar.set_postfix(loss=f"{row['loss']:.1f}", loglik=f"{row['loglik']:.1f}",
-                        kl=f"{row['kl']:.2f}", align=f"{row['alignment']:.3f}",
-                        val=f"{row['val_loss']:.1f}")
-        if ckpt_path is not None and rank == 0:
-            atomic_save({"model": model.state_dict(), "guide": guide.state_dict(),
-                         "optimizer": optimizer.state_dict(), "rng": _rng_state(),
-                         "objective": objective.state_dict(),
-                         "val_objective": val_objective.state_dict(),
-                         "epoch": epoch, "history": history, "best": best,
-                         "best_epoch": best_epoch, "stale": stale, "best_state": best_state},
-                        ckpt_path)
-        bar.update(1)
-        epoch += 1
-        if stale >= tc.patience:
-            break
-    bar.close()
+    try:  # the bar is closed on any exit, Ctrl-C included, so messages start a line
+        while epoch < tc.epochs:
+            snapshot = _snapshot(model, guide, optimizer, objective)
+            started = time.perf_counter()
+            try:
+                totals = _train_epoch(objective, model, guide, optimizer, data, tc, epoch, device,
+                                      rank, world, n_train)
+                mean_loss = totals.get("loss", 0.0) / n_train
+                if not math.isfinite(mean_loss) or (
+                        abs(mean_loss) > EXPLOSION * max(abs(best_train), 1.0)):
+                    raise _Fault(f"the loss per cell jumped to {mean_loss:.3g} "
+                                 f"(reference: {best_train:.3g}, the untrained model or the best epoch)")
+            except _Fault as fault:
+                _restore(snapshot, model, guide, optimizer, objective)
+                halvings += 1
+                if tc.on_divergence == "stop" or halvings > tc.max_lr_halvings:
+                    bar.close()
+                    raise TrainingDiverged(
+                        f"training diverged at epoch {epoch}: {fault}; parameters were restored to "
+                        f"the last good state {halvings - 1} time(s) with the learning rate halved; "
+                        f"nothing was saved; try a smaller lr (now {tc.lr}) or clip_norm") from None
+                for group in optimizer.param_groups:
+                    group["lr"] *= 0.5
+                warnings.warn(f"epoch {epoch}: {fault}; restored the last good state and halved the "
+                              f"learning rate to {optimizer.param_groups[0]['lr']:.3g}", RuntimeWarning)
+                continue
+            best_train = min(best_train, mean_loss)
+            row = {"epoch": epoch, **{k: v / n_train for k, v in totals.items()},
+                   "train_seconds": round(time.perf_counter() - started, 3)}
+            model.eval()
+            guide.eval()
+            val = evaluate_loss(val_objective, model, guide, data, "val" if has_val else "train",
+                                tc.batch_size, device)
+            # early stopping watches the fit (-ELBO), not the alignment regulariser,
+            # whose held-out value rests on a handful of reference cells per group
+            row["val_loss"] = -val["elbo"]
+            row["val_alignment"] = val["alignment"]
+            if world > 1:  # one early-stopping decision for all ranks
+                row["val_loss"] = _mean_over_ranks(row["val_loss"], device)
+            if val_effects:  # draws with its own seed; the training's random stream is kept
+                row["val_ate_error"] = val_effects.error(model, guide)
+            history.append(row)
+            score = row[SELECTION_COLUMN[tc.select]] if tc.select != "last" else -epoch
+            if epoch < tc.warmup:
+                score = math.inf  # nothing is kept, and patience does not run, before warm-up ends
+            if score < best:
+                best, best_epoch, stale = score, epoch, 0
+                if tc.select != "last":  # the last state needs no copy: it is the one left at the end
+                    best_state = {"model": copy.deepcopy(model.state_dict()),
+                                  "guide": copy.deepcopy(guide.state_dict())}
+            elif epoch >= tc.warmup:
+                stale += 1
+            bar.set_postfix(loss=f"{row['loss']:.1f}", loglik=f"{row['loglik']:.1f}",
+                            kl=f"{row['kl']:.2f}", align=f"{row['alignment']:.3f}",
+                            val=f"{row['val_loss']:.1f}")
+            if ckpt_path is not None and rank == 0:
+                atomic_save({"model": model.state_dict(), "guide": guide.state_dict(),
+                             "optimizer": optimizer.state_dict(), "rng": _rng_state(),
+                             "objective": objective.state_dict(),
+                             "val_objective": val_objective.state_dict(),
+                             "epoch": epoch, "history": history, "best": best,
+                             "best_epoch": best_epoch, "stale": stale, "best_state": best_state},
+                            ckpt_path)
+            bar.update(1)
+            epoch += 1
+            if stale >= tc.patience:
+                break
+    finally:
+        bar.close()
     if best_state is not None:
         model.load_state_dict(best_state["model"])
         guide.load_state_dict(best_state["guide"])

@@ -5,11 +5,14 @@ paths), the text the message must contain, and the output path that must not
 appear. Run in-process, so argparse refusals are caught as ``SystemExit(2)``.
 """
 
+import errno
 import hashlib
 import json
 import os
 import pickle
 import shutil
+import sys
+import warnings
 from pathlib import Path
 
 import anndata as ad
@@ -298,3 +301,244 @@ def test_bad_input_is_refused_in_one_line(files, line, message, capsys):
 
 def test_the_table_is_long_enough():
     assert len(CASES) >= 60
+
+
+# ---------------------------------------------------------------- writes that fail midway
+def _half_then(error):
+    """A writer that leaves half a file, then fails as the OS would."""
+    def write(self, path, *args, **kwargs):
+        Path(path).write_text("perturbation,gene,mean\nP0,g0,0.1\nP0,g1,0.")
+        raise error
+    return write
+
+
+@pytest.mark.parametrize("error,message", [
+    (OSError(errno.ENOSPC, "No space left on device"), "the disk is full"),
+    (PermissionError(errno.EACCES, "Permission denied"), "permission denied"),
+    (OSError(errno.EROFS, "Read-only file system"), "read-only"),
+])
+def test_a_write_that_fails_midway_leaves_the_old_file(files, error, message, capsys,
+                                                        monkeypatch):
+    import pandas as pd
+
+    target = Path(files["root"]) / "ate_existing.csv"
+    before = checksums(files["root"])
+    monkeypatch.setattr(pd.DataFrame, "to_csv", _half_then(error))
+    code, err = run_cli(f"effects {files['run']} --perturbations P0 --num-draws 20 --n-cells 20 "
+                        f"--out {target} --overwrite".split(), capsys)
+    assert code == 2 and message in err and err.count("\n") == 0, err
+    assert "ate_existing.csv" in err and ".tmp-" not in err, err  # the user's name, not ours
+    assert checksums(files["root"]) == before  # old file intact, no temporary left
+
+
+def test_disk_full_while_saving_a_run_leaves_no_folder(files, capsys, monkeypatch):
+    import inference.run_io as run_io
+
+    def full(run, path):
+        (path / "config.json").write_text("{")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path / "model.pt"))
+
+    monkeypatch.setattr(run_io, "_write_run", full)
+    before = checksums(files["root"])
+    code, err = run_cli(f"train {files['screen']} --no-doublets --epochs 1 --hidden-dim 16 "
+                        f"--out {files['root']}/full_run".split(), capsys)
+    last = err.splitlines()[-1]  # above it, the progress bar of the training
+    assert code == 2 and last.startswith("cradle-pyro train: error: the disk is full"), err
+    assert "full_run/model.pt" in last and ".tmp-" not in last, last
+    after = checksums(files["root"])
+    # the interrupted training's checkpoint remains (for --resume); no run, no temporary
+    new = {p for p in after if p not in before}
+    assert all("/full_run/checkpoints/" in p for p in new), new
+    assert not (Path(files["root"]) / "full_run" / "config.json").exists()
+    shutil.rmtree(Path(files["root"]) / "full_run")
+
+
+# ---------------------------------------------------------------- Ctrl-C
+def _interrupt_at(epoch_to_stop):
+    import inference.train as train
+
+    real = train._train_epoch
+
+    def epoch(*args, **kwargs):
+        if args[6] == epoch_to_stop:  # (objective, model, guide, optimizer, data, tc, epoch, ...)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    return epoch
+
+
+def test_ctrl_c_during_train_says_how_to_resume(files, capsys, monkeypatch):
+    import inference.train as train
+
+    out = Path(files["root"]) / "interrupted_run"
+    line = (f"train {files['screen']} --no-doublets --epochs 3 --hidden-dim 16 --latent-dim 3 "
+            f"--num-particles 1 --out {out}").split()
+    monkeypatch.setattr(train, "_train_epoch", _interrupt_at(2))
+    code, err = run_cli(line, capsys)
+    assert code == 130, err
+    assert err.splitlines()[-1] == ("cradle-pyro train: interrupted after epoch 2 of 3; the same command with "
+                   "--resume continues from epoch 2"), err
+    assert not (out / "config.json").exists() and (out / "checkpoints" / "checkpoint.pt").exists()
+    monkeypatch.undo()
+    code, err = run_cli(line + ["--resume"], capsys)
+    assert code == 0, err
+    history = json.loads(json.dumps(list(__import__("pandas").read_csv(out / "history.csv")["epoch"])))
+    assert history == [0, 1, 2]
+    shutil.rmtree(out)
+
+
+def test_ctrl_c_during_train_overwrite_keeps_the_old_run(files, capsys, monkeypatch):
+    import inference.train as train
+
+    old = Path(files["root"]) / "old_run"
+    shutil.copytree(files["run"], old)
+    before = checksums(files["root"])
+    monkeypatch.setattr(train, "_train_epoch", _interrupt_at(1))
+    code, err = run_cli(f"train {files['screen']} --no-doublets --epochs 3 --hidden-dim 16 "
+                        f"--out {old} --overwrite".split(), capsys)
+    assert code == 130, err
+    assert err.splitlines()[-1].endswith("still holds what it held before (nothing was replaced)")
+    assert checksums(files["root"]) == before  # not one file of the old run touched
+    shutil.rmtree(old)
+
+
+def test_ctrl_c_elsewhere_is_one_line_and_exit_130(files, capsys, monkeypatch):
+    import inference.ensembles as ensembles
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ensembles, "ensemble_ate", interrupted)
+    before = checksums(files["root"])
+    code, err = run_cli(f"effects {files['run']} --perturbations P0 --out "
+                        f"{files['root']}/never.csv".split(), capsys)
+    assert code == 130 and err == "cradle-pyro effects: interrupted; no output was written or replaced"
+    assert checksums(files["root"]) == before
+
+
+# ---------------------------------------------------------------- --overwrite done right
+def test_overwrite_through_a_symlinked_out_replaces_the_run_it_points_to(files, capsys):
+    root = Path(files["root"])
+    real = root / "real_runs"
+    real.mkdir()
+    shutil.copytree(files["run"], real / "run")
+    (root / "run_link").symlink_to(real / "run")
+    code, err = run_cli(f"train {files['screen']} --no-doublets --epochs 1 --hidden-dim 16 "
+                        f"--latent-dim 3 --out {root / 'run_link'} --overwrite".split(), capsys)
+    assert code == 0, err
+    assert (root / "run_link").is_symlink()  # the user's link is kept and points to the new run
+    config = json.loads((real / "run" / "config.json").read_text())
+    assert config["train"]["epochs"] == 1 and config["model"]["latent_dim"] == 3
+    assert sorted(p.name for p in real.iterdir()) == ["run"]  # no stray .run.old-* or temporary
+    assert not [p for p in root.iterdir() if p.name.startswith((".run_link", ".run."))]
+    shutil.rmtree(real)
+    (root / "run_link").unlink()
+
+
+def test_overwrite_never_follows_symlinks_out_of_the_run(files, capsys):
+    root = Path(files["root"])
+    elsewhere = root / "elsewhere"
+    elsewhere.mkdir()
+    run = root / "linked_files_run"
+    shutil.copytree(files["run"], run)
+    shutil.move(run / "checkpoints", elsewhere / "checkpoints")
+    (run / "checkpoints").symlink_to(elsewhere / "checkpoints")
+    shutil.move(run / "model.pt", elsewhere / "model.pt")
+    (run / "model.pt").symlink_to(elsewhere / "model.pt")
+    kept = checksums(elsewhere)
+    code, err = run_cli(f"train {files['screen']} --no-doublets --epochs 1 --hidden-dim 16 "
+                        f"--out {run} --overwrite".split(), capsys)
+    assert code == 0, err
+    assert checksums(elsewhere) == kept  # what the links pointed to is untouched
+    assert not (run / "model.pt").is_symlink() and (run / "config.json").exists()
+    shutil.rmtree(run)
+    shutil.rmtree(elsewhere)
+
+
+def test_overwrite_replaces_an_output_but_an_input_never(files, capsys):
+    root = Path(files["root"])
+    out = root / "replace_me.csv"
+    out.write_text("old\n")
+    code, err = run_cli(f"effects {files['run']} --perturbations P0 --num-draws 20 --n-cells 20 "
+                        f"--out {out} --overwrite".split(), capsys)
+    assert code == 0, err
+    assert out.read_text().startswith("perturbation,gene,mean")
+    assert not list(root.glob(".replace_me*"))
+    out.unlink()
+
+
+# ---------------------------------------------------------------- labels and warnings
+def test_any_label_can_be_asked_for_from_a_file(tmp_path, capsys):
+    adata = simulate_screen(n_cells=400, n_genes=40, n_singles=3, n_combinations=1,
+                            latent_dim=3, n_truth_cells=10, seed=2)
+    adata.obs["perturbation"] = adata.obs["perturbation"].astype(str).str.replace(
+        "P1", "IL2,low", regex=False)
+    screen = tmp_path / "comma.h5ad"
+    adata.write_h5ad(screen)
+    run = tmp_path / "run"
+    assert run_cli(f"train {screen} --no-doublets --epochs 1 --hidden-dim 16 --out {run}".split(),
+                   capsys)[0] == 0
+    wanted = tmp_path / "conditions.txt"
+    wanted.write_text("# one per line\nIL2,low\nP0\n")
+    code, err = run_cli(f"effects {run} --perturbations-file {wanted} --num-draws 20 --n-cells 20 "
+                        f"--out {tmp_path / 'ate.csv'}".split(), capsys)
+    assert code == 0, err
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "ate.csv")
+    assert sorted(table["perturbation"].unique()) == ["IL2,low", "P0"]
+
+
+def _as_python_prints(message, category, filename, lineno, file=None, line=None):
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def test_few_draws_and_huge_counts_are_said_in_one_line(files, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(warnings, "showwarning", _as_python_prints)  # not pytest's recorder
+    code, err = run_cli(f"effects {files['run']} --perturbations P0 --num-draws 5 --n-cells 10 "
+                        f"--out {tmp_path / 'few.csv'}".split(), capsys)
+    assert code == 0
+    assert "cradle-pyro effects: warning: --num-draws 5: an interval from fewer than 20" in err
+    adata = ad.read_h5ad(files["screen"])
+    adata.X = adata.X.astype(np.float64)
+    adata.X[0, 0] = 2.0 ** 40
+    huge = tmp_path / "huge.h5ad"
+    adata.write_h5ad(huge)
+    code, err = run_cli(f"qc {huge} --no-doublets --out {tmp_path / 'qc.h5ad'}".split(), capsys)
+    assert code == 0
+    assert "warning: counts above 2^24 = 16,777,216 in 1 cells" in err
+
+
+# ---------------------------------------------------------------- SIGKILL at random moments
+KILL_WRITER = """
+import sys, numpy as np, pandas as pd
+from inference.outputs import write_csv
+rows = int(sys.argv[2])
+table = pd.DataFrame(np.random.default_rng(0).normal(size=(rows, 8)))
+table["end"] = "complete"
+while True:
+    write_csv(table, sys.argv[1], index=False)
+"""
+
+
+def test_sigkill_at_random_moments_leaves_old_or_complete_file(tmp_path):
+    """The file is always the old one or a whole new one (benchmarks/kill_writes.py does this
+    with the CLI's effects, sample and counterfactual, 20 times each)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    target = tmp_path / "ate.csv"
+    target.write_text("old\n")
+    rng = np.random.default_rng(0)
+    for trial in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", KILL_WRITER, str(target), "40000"])
+        time.sleep(float(rng.uniform(1.5, 4.0)))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        text = target.read_text()
+        assert text == "old\n" or (text.count("\n") == 40001 and text.endswith("complete\n"))
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "ate.csv"]
+    from inference.outputs import remove_stale_temporaries
+
+    assert set(remove_stale_temporaries(target)) == set(leftovers)  # the next write tidies up
