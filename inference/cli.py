@@ -322,6 +322,10 @@ def cmd_train(args):
             save_members(run, out, opts["members"])
         except KeyboardInterrupt:
             raise Interrupted(_train_interrupted(args, out, ckpt_dir, replacing, tc.epochs)) from None
+        except OSError as err:  # disk full, permissions: say what is left and how to go on
+            raise CradleInputError(describe_os_error(err) + "; " + _train_interrupted(
+                args, out, ckpt_dir, replacing, tc.epochs).replace("interrupted", "stopped", 1)
+            ) from None
         finally:
             if replacing:
                 shutil.rmtree(pending, ignore_errors=True)

@@ -25,7 +25,11 @@ from inference.cli import main
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bad")
+    return make_files(tmp_path_factory.mktemp("bad"))
+
+
+def make_files(root: Path) -> dict:
+    """The fixture's files in ``root`` (also used by benchmarks/bad_inputs_table.py)."""
     screen = root / "screen.h5ad"
     adata = simulate_screen(n_cells=500, n_genes=60, n_singles=4, n_combinations=2,
                             latent_dim=4, n_truth_cells=20, seed=5)
@@ -345,12 +349,35 @@ def test_disk_full_while_saving_a_run_leaves_no_folder(files, capsys, monkeypatc
     last = err.splitlines()[-1]  # above it, the progress bar of the training
     assert code == 2 and last.startswith("cradle-pyro train: error: the disk is full"), err
     assert "full_run/model.pt" in last and ".tmp-" not in last, last
+    assert last.endswith("stopped after epoch 1 of 1; the same command with --resume continues "
+                         "from epoch 1"), last
     after = checksums(files["root"])
     # the interrupted training's checkpoint remains (for --resume); no run, no temporary
     new = {p for p in after if p not in before}
     assert all("/full_run/checkpoints/" in p for p in new), new
     assert not (Path(files["root"]) / "full_run" / "config.json").exists()
     shutil.rmtree(Path(files["root"]) / "full_run")
+
+
+def test_a_file_held_open_by_another_writer_is_named_so(files, tmp_path):
+    import subprocess
+    import sys
+
+    from inference.run_io import read_anndata
+
+    path = tmp_path / "busy.h5ad"
+    shutil.copy(files["screen"], path)
+    holder = subprocess.Popen([sys.executable, "-c", "import h5py, sys, time; "
+                               "f = h5py.File(sys.argv[1], 'a'); print('open', flush=True); "
+                               "time.sleep(60)", str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(Exception) as err:
+            read_anndata(path)
+        assert "held open for writing by another process" in str(err.value)
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 # ---------------------------------------------------------------- Ctrl-C
