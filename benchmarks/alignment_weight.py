@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from cradle_pyro import PerturbationData, simulate_screen
-from inference import TrainConfig, fit
-from inference.counterfactuals import counterfactual, normalised_log_expression
+from cradle_pyro.inference import TrainConfig, fit
+from cradle_pyro.inference.counterfactuals import counterfactual, normalised_log_expression
 
 WEIGHTS = {"beta0": (0.0, "per-cell"), "beta1_per_cell": (1.0, "per-cell"),
            "published_beta0.5": (0.5, "published")}

@@ -32,7 +32,7 @@ def load_tests():
 
 
 def main():
-    from inference.cli import main as cli
+    from cradle_pyro.inference.cli import main as cli
 
     tests = load_tests()
     root = Path(tempfile.mkdtemp(prefix="bad_"))

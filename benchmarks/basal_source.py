@@ -13,7 +13,7 @@ sources on the same trained model:
 - simulator (3,000 × 500, default and CRISPRi-like): ATE r, slope, RMS error
   and 90 % coverage against the true ATE (20,000 truth cells, so the truth's
   own noise, rms ≈ 0.05 at 1,000 cells, stays out of the coverage);
-- Norman: the validation criterion (:class:`inference.selection.ValidationEffects`:
+- Norman: the validation criterion (:class:`cradle_pyro.inference.selection.ValidationEffects`:
   model ATE against the clean validation cells' ATE of *seen* conditions) decides;
   held-out doubles (all five eligible, disjoint control, ceiling) are reported
   beside it, never used to choose.
@@ -24,9 +24,9 @@ Writes benchmarks/results/basal_source.json.
         [--train-kw '{"independence": 10}' --out results/basal_source_sim_independence10.json]
 """
 
-from inference import TrainConfig, fit
-from inference.effects import BASAL_SOURCES, posterior_ate
-from inference.scoring import held_out_conditions, single_conditions
+from cradle_pyro.inference import TrainConfig, fit
+from cradle_pyro.inference.effects import BASAL_SOURCES, posterior_ate
+from cradle_pyro.inference.scoring import held_out_conditions, single_conditions
 from gene_effects import (RESULTS, held_out_scores, norman_data, paired_main, simulated,
                           simulator_scores, validation_scores)
 

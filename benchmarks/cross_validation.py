@@ -1,13 +1,13 @@
 """Five-fold cross-validated effects on Norman: a validation criterion with five times the cells.
 
-The validation criterion of seen conditions (:class:`inference.selection.ValidationEffects`:
+The validation criterion of seen conditions (:class:`cradle_pyro.inference.selection.ValidationEffects`:
 model ATE against the ATE of a condition's clean validation cells) scores the
 single effects on cells the model never saw, which is where the held-out
 doubles' error lies (``norman_error_sources.py``). With about ten validation
 cells per condition it is too noisy to tell most settings apart. Here the
 seen cells (everything but the five held-out doubles of the official split)
 are dealt into five folds, stratified by condition
-(:func:`inference.cross_validation.cross_validate`); each fold in turn is the
+(:func:`cradle_pyro.inference.cross_validation.cross_validate`); each fold in turn is the
 validation set of a run trained on the other four, so every seen cell
 validates once. Per fold: validation MSE and r (all genes, mean over
 conditions); a setting's score is their mean over folds, compared paired
@@ -39,10 +39,10 @@ import torch
 
 from cradle_pyro import ModelConfig
 from gene_effects import NORMAN, NORMAN_SPLIT, RESULTS, held_out_scores, norman_data
-from inference import TrainConfig, fit
-from inference.cross_validation import cross_validate
-from inference.effects import posterior_ate
-from inference.scoring import held_out_conditions, single_conditions
+from cradle_pyro.inference import TrainConfig, fit
+from cradle_pyro.inference.cross_validation import cross_validate
+from cradle_pyro.inference.effects import posterior_ate
+from cradle_pyro.inference.scoring import held_out_conditions, single_conditions
 
 FOLDS = 5
 OUT = RESULTS / "cross_validation"

@@ -44,7 +44,7 @@ def main():
     for procs in (1, 2):
         out = subprocess.run(
             [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
-             "-m", "inference.distributed", str(path), "--out", str(cache / f"ddp_run_{procs}"),
+             "-m", "cradle_pyro.inference.distributed", str(path), "--out", str(cache / f"ddp_run_{procs}"),
              "--epochs", str(args.epochs), "--no-doublets", "--threads", "1", "--batch-size", "256",
              "--overwrite"], capture_output=True, text=True, env=env)
         if out.returncode != 0:

@@ -8,7 +8,7 @@ scores the true ATE itself and half of it as predictors of the singles with
 - the slope of predicted on observed ATE over the top-20 genes chosen by that
   observed ATE (``score_ates``' ``slope_top``), raw and divided by the truth's
   split-half reliability;
-- :func:`inference.scoring.effect_slope` (genes chosen on one half of the
+- :func:`cradle_pyro.inference.scoring.effect_slope` (genes chosen on one half of the
   cells, noise removed with the other half).
 
 A perfect predictor should score 1 and half of it 0.5.
@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from cradle_pyro import PerturbationData, simulate_screen
-from inference.scoring import effect_slope, score_ates, summarise_scores
+from cradle_pyro.inference.scoring import effect_slope, score_ates, summarise_scores
 
 OUT = Path(__file__).resolve().parent / "results" / "effect_slope_check.json"
 

@@ -1,9 +1,9 @@
 """Does an ensemble of runs (an equal mixture of their posteriors) answer better than one run?
 
 Each seed trains ``--members`` runs with ``cradle-pyro train`` defaults that
-differ only in their training seed (:func:`inference.ensembles.fit_ensemble`;
+differ only in their training seed (:func:`cradle_pyro.inference.ensembles.fit_ensemble`;
 same cells, same split) and scores the first member alone (exactly the default
-run) and the ensemble (:func:`inference.ensembles.ensemble_ate`, the same
+run) and the ensemble (:func:`cradle_pyro.inference.ensembles.ensemble_ate`, the same
 total number of posterior draws shared among the members):
 
 - simulator (3,000 × 500, default and CRISPRi-like, truth from 20,000 cells):
@@ -19,9 +19,9 @@ Writes benchmarks/results/ensembles.json (or ``--out``).
     python benchmarks/ensembles.py [--screens simulator,crispri,norman] [--seeds 0,1,2] [--members 3]
 """
 
-from inference import TrainConfig
-from inference.ensembles import ensemble_ate, fit_ensemble
-from inference.scoring import held_out_conditions, single_conditions
+from cradle_pyro.inference import TrainConfig
+from cradle_pyro.inference.ensembles import ensemble_ate, fit_ensemble
+from cradle_pyro.inference.scoring import held_out_conditions, single_conditions
 from gene_effects import (RESULTS, held_out_scores, norman_data, paired_main, simulated,
                           simulator_scores, validation_scores)
 

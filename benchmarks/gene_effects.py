@@ -6,10 +6,10 @@ express is lost (shrunk). ``ModelConfig(gene_effects=True)`` adds a sparse
 (Laplace) log-fold effect of each perturbation on each gene's logit. This
 benchmark chooses its prior scale **without touching the held-out
 conditions**: on Norman by the validation ATE error of *seen* conditions
-(:class:`inference.selection.ValidationEffects`: model ATE against the clean
+(:class:`cradle_pyro.inference.selection.ValidationEffects`: model ATE against the clean
 validation cells' ATE, mean squared error and Pearson r), and on the simulator
 (truth known) by ATE r and slope against the true ATE. Held-out scores (all
-five eligible doubles, :mod:`inference.scoring`: disjoint control, split-half
+five eligible doubles, :mod:`cradle_pyro.inference.scoring`: disjoint control, split-half
 ceiling) are reported beside them, never used to choose.
 
 Writes benchmarks/results/gene_effects_<screen>.json (per seed and setting,
@@ -29,11 +29,11 @@ import numpy as np
 import torch
 
 from cradle_pyro import ModelConfig, PerturbationData, simulate_screen
-from inference import TrainConfig, fit
-from inference.effects import model_ate, posterior_ate
-from inference.scoring import (effect_slope, held_out_conditions, score_ates, single_conditions,
+from cradle_pyro.inference import TrainConfig, fit
+from cradle_pyro.inference.effects import model_ate, posterior_ate
+from cradle_pyro.inference.scoring import (effect_slope, held_out_conditions, score_ates, single_conditions,
                                summarise_scores)
-from inference.selection import ValidationEffects
+from cradle_pyro.inference.selection import ValidationEffects
 from simulator_effects import recovery, truth_table
 
 ROOT = Path(__file__).resolve().parents[1]

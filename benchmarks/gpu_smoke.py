@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from cradle_pyro import PerturbationData, simulate_screen
-from inference import TrainConfig, fit
-from inference.counterfactuals import counterfactual
-from inference.effects import posterior_ate
+from cradle_pyro.inference import TrainConfig, fit
+from cradle_pyro.inference.counterfactuals import counterfactual
+from cradle_pyro.inference.effects import posterior_ate
 
 
 def main():

@@ -35,8 +35,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from cradle_pyro import ModelConfig, PerturbationData, simulate_screen
-from inference import TrainConfig, artifact_posterior, fit
-from inference.counterfactuals import counterfactual, normalised_log_expression
+from cradle_pyro.inference import TrainConfig, artifact_posterior, fit
+from cradle_pyro.inference.counterfactuals import counterfactual, normalised_log_expression
 
 KINDS = ("damaged", "doublet", "low_complexity")
 

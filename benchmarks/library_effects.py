@@ -19,7 +19,7 @@ conditions. Norman is judged by five-fold cross-validation
 
 from cradle_pyro import ModelConfig
 from gene_effects import RESULTS, paired_main, run_scores, simulated
-from inference import TrainConfig, fit
+from cradle_pyro.inference import TrainConfig, fit
 
 KINDS = ("off", "on")
 

@@ -28,7 +28,7 @@ import pandas as pd
 
 from cradle_pyro.splits import targets_of
 from gene_effects import NORMAN, RESULTS, norman_data
-from inference.scoring import score_ates, summarise_scores
+from cradle_pyro.inference.scoring import score_ates, summarise_scores
 
 COLUMNS = ("pearson_all", "pearson_top", "slope_top")
 

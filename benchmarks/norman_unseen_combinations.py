@@ -3,12 +3,12 @@
 Reads ../shared/data/norman2019_k562_crispra_subset.h5ad (never copied into the
 repository), holds out all five eligible doubles (``--heldout-fraction 1``),
 trains each model with the default ``cradle-pyro train`` settings (only the
-seed changes), and scores with :mod:`inference.scoring`: truth from clean
+seed changes), and scores with :mod:`cradle_pyro.inference.scoring`: truth from clean
 cells, the additive baseline on the other half of the control cells (20
 halvings), the split-half noise ceiling beside every score. Also measures, on
 the seen singles, the slope of predicted on observed ATE (top-20 genes), the
 same slope divided by the truth's reliability, the slope on the true effect
-(:func:`inference.scoring.effect_slope`: genes chosen on one half of the cells,
+(:func:`cradle_pyro.inference.scoring.effect_slope`: genes chosen on one half of the cells,
 noise removed with the other half; a perfect predictor scores 1, where the two
 slopes on the observed ATE give it about 0.5 on a simulated screen as weak as
 this one), and the basal leakage.
@@ -30,11 +30,11 @@ import numpy as np
 import torch
 
 from cradle_pyro import ModelConfig, PerturbationData
-from inference import TrainConfig, fit
-from inference.effects import model_ate
-from inference.evaluate import evaluate
-from inference.metrics import basal_leakage
-from inference.scoring import effect_slope, score_ates, single_conditions, summarise_scores
+from cradle_pyro.inference import TrainConfig, fit
+from cradle_pyro.inference.effects import model_ate
+from cradle_pyro.inference.evaluate import evaluate
+from cradle_pyro.inference.metrics import basal_leakage
+from cradle_pyro.inference.scoring import effect_slope, score_ates, single_conditions, summarise_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 NORMAN = ROOT.parent / "shared" / "data" / "norman2019_k562_crispra_subset.h5ad"
@@ -128,7 +128,7 @@ def markdown(m) -> str:
               "observed ATE, top-20 genes; slope / reliability corrects for the noise of the "
               "observed ATE (regression dilution).", "",
               "`slope on true effect` removes both the noise and the winner's curse of choosing "
-              "the top genes on the same noisy ATE (`inference.scoring.effect_slope`; 1 = no "
+              "the top genes on the same noisy ATE (`cradle_pyro.inference.scoring.effect_slope`; 1 = no "
               "shrinkage).", "",
               "| seed | model | r (top-20) | slope | slope / reliability | slope on true effect |",
               "|---|---|---|---|---|---|"]

@@ -33,9 +33,9 @@ import numpy as np
 import torch
 
 from cradle_pyro import ModelConfig, PerturbationData
-from inference import TrainConfig, artifact_posterior, counterfactual, fit, posterior_ate
-from inference.artifacts import artifact_summary
-from inference.scoring import held_out_conditions, score_ates, summarise_scores
+from cradle_pyro.inference import TrainConfig, artifact_posterior, counterfactual, fit, posterior_ate
+from cradle_pyro.inference.artifacts import artifact_summary
+from cradle_pyro.inference.scoring import held_out_conditions, score_ates, summarise_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPALEXI = ROOT.parent / "shared" / "data" / "papalexi2021_thp1_eccite_lowmoi.h5ad"

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from cradle_pyro import ModelConfig, PerturbationData
-from inference import TrainConfig, fit
-from inference.diagnostics import compare, psis_khat, to_arviz
+from cradle_pyro.inference import TrainConfig, fit
+from cradle_pyro.inference.diagnostics import compare, psis_khat, to_arviz
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPALEXI = ROOT.parent / "shared" / "data" / "papalexi2021_thp1_eccite_lowmoi.h5ad"

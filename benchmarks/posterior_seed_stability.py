@@ -17,9 +17,9 @@ import anndata as ad
 import torch
 
 from cradle_pyro import ModelConfig, PerturbationData
-from inference import TrainConfig, fit
-from inference.effects import model_ate
-from inference.scoring import held_out_conditions, score_ates, summarise_scores
+from cradle_pyro.inference import TrainConfig, fit
+from cradle_pyro.inference.effects import model_ate
+from cradle_pyro.inference.scoring import held_out_conditions, score_ates, summarise_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 NORMAN = ROOT.parent / "shared" / "data" / "norman2019_k562_crispra_subset.h5ad"

@@ -6,7 +6,7 @@ its random initial decoder as the generating decoder, globals (``effect``,
 likelihood. A fresh model and guide are fitted to those counts, and for every
 (perturbation, gene) the rank of the *true* ATE (computed from the generating
 model with 4,000 generated cells per condition) among ``L`` posterior ATE draws
-(:func:`inference.posterior_ate`) is recorded. Latent coordinates are not
+(:func:`cradle_pyro.inference.posterior_ate`) is recorded. Latent coordinates are not
 identifiable (any rotation of the latent space with the decoder gives the same
 counts), so calibration is checked where it is identifiable: average effects
 on genes. Calibrated posteriors give uniform ranks; a U shape means intervals
@@ -33,8 +33,8 @@ from scipy import stats
 
 from cradle_pyro import ModelConfig, PerturbationData
 from cradle_pyro.model import CradleModel
-from inference import TrainConfig, fit, posterior_ate
-from inference.effects import perturbseq_normalise
+from cradle_pyro.inference import TrainConfig, fit, posterior_ate
+from cradle_pyro.inference.effects import perturbseq_normalise
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = dict(latent_dim=3, hidden_dim=32, effect_scale=1.0, mask_prob=0.5)

@@ -68,7 +68,7 @@ def one_size(n_cells, cache, threads, epoch_batch, on_disk=False) -> dict:
 
     from cradle_pyro import PerturbationData
     from cradle_pyro.simulate_large import simulate_large_screen
-    from inference import TrainConfig, fit
+    from cradle_pyro.inference import TrainConfig, fit
 
     torch.set_num_threads(threads)
     gib = 1024 ** 3

@@ -28,9 +28,9 @@ import torch
 from matplotlib.figure import Figure
 
 from cradle_pyro import ModelConfig, PerturbationData, simulate_screen
-from inference import TrainConfig, fit
-from inference.effects import PosteriorATE, posterior_ate
-from inference.metrics import basal_leakage
+from cradle_pyro.inference import TrainConfig, fit
+from cradle_pyro.inference.effects import PosteriorATE, posterior_ate
+from cradle_pyro.inference.metrics import basal_leakage
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MASSES = (0.5, 0.8, 0.9, 0.95)

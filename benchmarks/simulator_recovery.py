@@ -26,11 +26,11 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from cradle_pyro import ModelConfig, PerturbationData, simulate_screen
-from inference import TrainConfig, fit
-from inference.counterfactuals import (artifact_log_likelihood_ratio, counterfactual,
+from cradle_pyro.inference import TrainConfig, fit
+from cradle_pyro.inference.counterfactuals import (artifact_log_likelihood_ratio, counterfactual,
                                        normalised_log_expression)
-from inference.effects import model_ate, sample_cells
-from inference.metrics import qc_pass_rate
+from cradle_pyro.inference.effects import model_ate, sample_cells
+from cradle_pyro.inference.metrics import qc_pass_rate
 
 
 def rmse_rows(a, b):

@@ -30,7 +30,7 @@ from cradle_pyro.distributions import BernoulliStraightThrough
 from cradle_pyro.guides import CorrelatedGuide
 from cradle_pyro.nets import log_standardise
 from cradle_pyro.simulate_large import simulate_large_screen
-from inference.objective import CradleELBO
+from cradle_pyro.inference.objective import CradleELBO
 
 ROOT = Path(__file__).resolve().parents[1]
 

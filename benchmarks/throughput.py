@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from cradle_pyro import CradleModel, ModelConfig, PerturbationData, make_guide, simulate_screen
-from inference import CradleELBO
+from cradle_pyro.inference import CradleELBO
 
 
 def gene_layer_macs(batch, genes, hidden, n_groups, encodings_per_cell, decodes_per_cell, particles):

@@ -22,7 +22,7 @@ import time
 
 from cradle_pyro import ModelConfig
 from gene_effects import RESULTS, paired_main, run_scores, simulated
-from inference import TrainConfig, fit
+from cradle_pyro.inference import TrainConfig, fit
 
 # explicit, so that a rerun measures the same settings whatever the defaults are
 SETTINGS = {"p5_e40": dict(epochs=40, num_particles=5), "p5_e100": dict(epochs=100, num_particles=5),

@@ -10,7 +10,7 @@ The basal-posterior protocol
 ----------------------------
 CRADLE's counterfactual alignment compares q(basal) of a cell with that of a
 reference profile, both encoded as if in the opposite artifact state. The
-objective (``inference.objective.CradleELBO``) computes it from any guide, or
+objective (``cradle_pyro.inference.objective.CradleELBO``) computes it from any guide, or
 any part of a :class:`CombinedGuide` / ``AutoGuideList``, that exposes its
 basal posterior with two methods:
 

@@ -5,7 +5,7 @@ For a model whose artifact state is latent (``ModelConfig(artifact_state="latent
 covariates) is the guide's amortised posterior. :func:`artifact_posterior`
 returns it beside the k·MAD flags, and :func:`add_artifact_posterior` writes
 both to an AnnData's ``obs``. Counterfactual cleaning
-(:func:`inference.counterfactuals.counterfactual` with ``artifact="clean"``)
+(:func:`cradle_pyro.inference.counterfactuals.counterfactual` with ``artifact="clean"``)
 then draws each cell's artifact state from this posterior during abduction:
 a clean cell a threshold flagged is abducted as clean and left nearly as it
 is; a damaged cell the threshold missed is abducted as damaged and cleaned.
@@ -13,7 +13,7 @@ is; a damaged cell the threshold missed is abducted as damaged and cleaned.
 Example
 -------
 >>> from cradle_pyro import ModelConfig, PerturbationData, simulate_screen
->>> from inference import TrainConfig, fit
+>>> from cradle_pyro.inference import TrainConfig, fit
 >>> data = PerturbationData.from_anndata(simulate_screen(300, 60, seed=0), doublets=False)
 >>> run = fit(data, TrainConfig(epochs=1, progress=False), ModelConfig(artifact_state="latent"))
 >>> post = artifact_posterior(run.model, run.guide, data)

@@ -604,7 +604,7 @@ def add_draws_arguments(p):
 
 
 def add_basal_argument(p):
-    """``--basal``: which cells a model ATE averages over (``inference.effects.condition_draws``)."""
+    """``--basal``: which cells a model ATE averages over (``cradle_pyro.inference.effects.condition_draws``)."""
     p.add_argument("--basal", choices=["abducted", "prior"], default="abducted",
                    help="which cells the ATE is over: 'abducted' (default) puts clean training "
                         "cells, basal states drawn from q(basal | x), under each condition; "

@@ -12,7 +12,7 @@ For observed cells, :func:`counterfactual`
    (where the library mediates the dosage, ``library_effects``, the cell's
    library takes the intervention's shift and keeps its own noise).
 
-This differs from a plain intervention (:func:`inference.effects.sample_cells`),
+This differs from a plain intervention (:func:`cradle_pyro.inference.effects.sample_cells`),
 which draws *new* cells with basal states from the prior: a counterfactual
 answers "what would **this** cell have looked like", keeping everything the
 intervention does not touch. The factual prediction (no intervention, same
@@ -21,7 +21,7 @@ abducted state) is returned beside it so differences isolate the intervention.
 Example
 -------
 >>> from cradle_pyro import simulate_screen, PerturbationData
->>> from inference import TrainConfig, fit
+>>> from cradle_pyro.inference import TrainConfig, fit
 >>> data = PerturbationData.from_anndata(simulate_screen(300, 60, seed=0), doublets=False)
 >>> run = fit(data, TrainConfig(epochs=1, progress=False))
 >>> cf = counterfactual(run.model, run.guide, data, artifact="clean")
@@ -98,7 +98,7 @@ def counterfactual(model, guide, data, *, artifact=None, dosage=None, split=None
     Parameters
     ----------
     artifact, dosage
-        The intervention (see :func:`inference.interventions.intervene`);
+        The intervention (see :func:`cradle_pyro.inference.interventions.intervene`);
         e.g. ``artifact="clean"`` or ``dosage="B"``.
     num_samples
         Posterior draws (of the globals and the cell's basal state) averaged

@@ -1,6 +1,6 @@
 """Cross-validated effects: choose settings on every seen cell, not on a tenth of them.
 
-The validation criterion of :mod:`inference.selection` compares a model's
+The validation criterion of :mod:`cradle_pyro.inference.selection` compares a model's
 ATEs with the ATEs of the clean *validation* cells of seen conditions: cells
 the model never saw, of conditions it did. With the default split that is
 about a tenth of a condition's cells (ten on Norman), too few to tell most
@@ -18,7 +18,7 @@ scales apart.
 Example
 -------
 >>> from cradle_pyro import simulate_screen
->>> from inference import TrainConfig
+>>> from cradle_pyro.inference import TrainConfig
 >>> adata = simulate_screen(400, 40, seed=0)
 >>> table = cross_validate(adata, TrainConfig(epochs=1, progress=False), folds=2,
 ...                        data_kwargs=dict(doublets=False), num_draws=2, n_cells=16)

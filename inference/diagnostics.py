@@ -22,7 +22,7 @@ integrated out rather than left in the "parameters").
 Example
 -------
 >>> from cradle_pyro import simulate_screen, PerturbationData
->>> from inference import TrainConfig, fit
+>>> from cradle_pyro.inference import TrainConfig, fit
 >>> data = PerturbationData.from_anndata(simulate_screen(300, 60, seed=0), doublets=False)
 >>> run = fit(data, TrainConfig(epochs=1, progress=False))
 >>> idata = to_arviz([run], data, n_cells=20, num_draws=10)

@@ -2,7 +2,7 @@
 
 Launch with ``torchrun``; every option of ``cradle-pyro train`` applies::
 
-    torchrun --standalone --nproc_per_node=4 -m inference.distributed screen.h5ad \\
+    torchrun --standalone --nproc_per_node=4 -m cradle_pyro.inference.distributed screen.h5ad \\
         --out runs/cradle --perturbation-key perturbation --control control --epochs 50
 
 Each rank reads the file, builds the same PerturbationData (seeded), starts

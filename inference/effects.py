@@ -90,7 +90,7 @@ def generate(model, guide, n_cells: int, *, dosage=None, artifact="clean", libra
     library prior (under the intervention). ``library_dosage`` (n_cells × P)
     says under which treatment those sizes were observed: where the model
     makes the library a mediator (``library_effects``) each is then moved to
-    ``do(dosage)`` (:func:`~inference.interventions.counterfactual_library`);
+    ``do(dosage)`` (:func:`~cradle_pyro.inference.interventions.counterfactual_library`);
     ``None`` uses them as they are. With ``expected=True`` the expected counts
     are returned instead of samples.
 
@@ -331,7 +331,7 @@ def posterior_ate(model, guide, data, perturbations, *, num_draws: int = NUM_DRA
     Example
     -------
     >>> from cradle_pyro import simulate_screen, PerturbationData
-    >>> from inference import TrainConfig, fit
+    >>> from cradle_pyro.inference import TrainConfig, fit
     >>> data = PerturbationData.from_anndata(simulate_screen(300, 40, seed=0), doublets=False)
     >>> run = fit(data, TrainConfig(epochs=1, progress=False))
     >>> post = posterior_ate(run.model, run.guide, data, ["P0"], num_draws=20, n_cells=20)

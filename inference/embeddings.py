@@ -16,7 +16,7 @@ use_rep="X_cradle_basal")`` and ``sc.tl.umap``.
 Example
 -------
 >>> from cradle_pyro import simulate_screen, PerturbationData
->>> from inference import TrainConfig, fit
+>>> from cradle_pyro.inference import TrainConfig, fit
 >>> data = PerturbationData.from_anndata(simulate_screen(300, 40, seed=0), doublets=False)
 >>> run = fit(data, TrainConfig(epochs=1, progress=False))
 >>> rep = latent_representation(run.model, run.guide, data)

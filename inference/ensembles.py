@@ -39,8 +39,8 @@ def fit_ensemble(data, train_config: TrainConfig | None = None, model_config=Non
                  members: int = 3, first=None) -> list:
     """Train ``members`` runs that differ only in their seed (``seed``, ``seed + 1``, …).
 
-    Returns the list of :class:`~inference.train.TrainedRun`; the first member is
-    exactly what :func:`~inference.train.fit` with ``train_config`` returns, or
+    Returns the list of :class:`~cradle_pyro.inference.train.TrainedRun`; the first member is
+    exactly what :func:`~cradle_pyro.inference.train.fit` with ``train_config`` returns, or
     ``first`` when that run is already trained.
     """
     if members < 1:
@@ -58,7 +58,7 @@ def ensemble_ate(runs, data, perturbations, *, num_draws: int = NUM_DRAWS, seed:
     ``num_draws`` are shared out as evenly as the members allow (at least one
     each); member ``k`` uses posterior seed ``seed + k``. Other keywords
     (``n_cells``, ``artifact``, ``basal``) go to
-    :func:`~inference.effects.posterior_ate` for every member.
+    :func:`~cradle_pyro.inference.effects.posterior_ate` for every member.
     """
     runs = list(runs)
     if not runs:

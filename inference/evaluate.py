@@ -1,12 +1,12 @@
 """The evaluation report: metrics JSON, a Markdown report and figures.
 
 :func:`evaluate` scores one or more trained runs on the held-out conditions of
-a split, the way :mod:`inference.scoring` describes: truth from clean cells,
+a split, the way :mod:`cradle_pyro.inference.scoring` describes: truth from clean cells,
 the additive baseline never sharing control cells with the truth (averaged
 over ``n_splits`` random halvings of the control cells), the truth's split-half
 noise ceiling beside every score, per-condition scores, and how far each
 combination is from the sum of its singles (data and model). Model ATEs are
-posterior means over many draws of the globals (:func:`~inference.effects.posterior_ate`).
+posterior means over many draws of the globals (:func:`~cradle_pyro.inference.effects.posterior_ate`).
 Beside the effects: QC pass rate of generated clean cells (judged by the
 thresholds learnt on the training data), energy distance to real cells in PCA
 space, held-out IWELBO.
@@ -14,7 +14,7 @@ space, held-out IWELBO.
 Example
 -------
 >>> from cradle_pyro import simulate_screen, PerturbationData
->>> from inference import TrainConfig, fit
+>>> from cradle_pyro.inference import TrainConfig, fit
 >>> import tempfile
 >>> data = PerturbationData.from_anndata(simulate_screen(400, 80, seed=0), doublets=False,
 ...                                      split="unseen-combinations", heldout_fraction=0.5)
@@ -59,15 +59,15 @@ def evaluate(runs: dict, data, out_dir, *, split: str = "test", num_draws: int =
     Parameters
     ----------
     runs
-        Name → :class:`~inference.train.TrainedRun` (or an object with
+        Name → :class:`~cradle_pyro.inference.train.TrainedRun` (or an object with
         ``model``, ``guide`` and ``history``), or name → a list of runs, the
-        members of an ensemble (:mod:`inference.ensembles`): its ATEs mix the
+        members of an ensemble (:mod:`cradle_pyro.inference.ensembles`): its ATEs mix the
         members' posteriors; generation checks and loss curves use the first.
     data
         The :class:`~cradle_pyro.data.PerturbationData` the runs were trained on.
     num_draws, n_cells, basal
         Posterior draws, cells per draw and where their basal states come from
-        (:func:`~inference.effects.posterior_ate`) for model ATEs.
+        (:func:`~cradle_pyro.inference.effects.posterior_ate`) for model ATEs.
     n_generated
         Generated clean cells per condition for QC pass rate and energy distance.
     n_splits

@@ -1,6 +1,6 @@
 """Running means of per-cell vectors by treatment group, across minibatches.
 
-The basal-leakage penalty (:meth:`inference.objective.CradleELBO.basal_leakage`)
+The basal-leakage penalty (:meth:`cradle_pyro.inference.objective.CradleELBO.basal_leakage`)
 constrains the *full-data* mean of q(basal) locations within each treatment
 group. A minibatch holds few cells of many groups (on Norman a batch of 128
 spreads over about 33 groups, a third of them with one or two cells), and a

@@ -22,7 +22,7 @@ def ate_metrics(predicted: pd.DataFrame, observed: pd.DataFrame, top_k: int = 20
     (largest |observed ATE|), and the Jaccard overlap of the top-k gene sets.
 
     One observed table, no noise ceiling: for scores against data use
-    :func:`inference.scoring.score_ates`, which also keeps the additive
+    :func:`cradle_pyro.inference.scoring.score_ates`, which also keeps the additive
     baseline from sharing control cells with the truth.
     """
     from .scoring import score_pair

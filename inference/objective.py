@@ -225,7 +225,7 @@ class CradleELBO:
         generation from the prior drops it). This is the first moment of that
         constraint.
 
-        The group means come from :class:`~inference.group_means.RunningGroupMeans`
+        The group means come from :class:`~cradle_pyro.inference.group_means.RunningGroupMeans`
         (recent batches, detached), not from the batch alone: a batch holds
         one or two cells of many groups, and a batch mean would pull each such
         cell's own location towards 0. The returned surrogate

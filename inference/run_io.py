@@ -29,7 +29,7 @@ Example
 -------
 >>> import tempfile
 >>> from cradle_pyro import simulate_screen
->>> from inference import TrainConfig
+>>> from cradle_pyro.inference import TrainConfig
 >>> adata = simulate_screen(300, 60, seed=0)
 >>> path = tempfile.mkdtemp() + "/screen.h5ad"
 >>> adata.write_h5ad(path)

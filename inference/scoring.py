@@ -104,7 +104,7 @@ def score_ates(predictions: dict, data, perturbations, *, split: str = "test", n
     ----------
     predictions
         Predictor name → ATE table (conditions × genes), e.g. from
-        :func:`inference.effects.model_ate`. Predictions are fixed; only the
+        :func:`cradle_pyro.inference.effects.model_ate`. Predictions are fixed; only the
         truth's control half varies between splits.
     perturbations
         Conditions to score (their clean cells in ``split`` are the truth).

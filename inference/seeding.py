@@ -4,7 +4,7 @@ The query functions (effects, counterfactuals, embeddings, diagnostics) take a
 ``seed`` so the same call gives the same numbers; :func:`keeps_global_rng`
 makes them restore the torch, NumPy, Python (and CUDA) generators afterwards,
 so seeding an answer never changes the random stream of the caller's own code.
-Only :func:`inference.train.fit` seeds the global generators, as documented.
+Only :func:`cradle_pyro.inference.train.fit` seeds the global generators, as documented.
 
 Example
 -------

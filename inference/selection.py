@@ -18,7 +18,7 @@ effects, shrinkage included (a correlation would not see shrinkage).
 Example
 -------
 >>> from cradle_pyro import simulate_screen, PerturbationData
->>> from inference import TrainConfig, fit
+>>> from cradle_pyro.inference import TrainConfig, fit
 >>> data = PerturbationData.from_anndata(simulate_screen(400, 40, seed=0), doublets=False)
 >>> run = fit(data, TrainConfig(epochs=2, select="ate", progress=False))
 >>> "val_ate_error" in run.history
@@ -44,7 +44,7 @@ class ValidationEffects:
         cells are used.
     num_draws, n_cells, basal
         Posterior draws, cells per draw and where their basal states come from
-        (:func:`~inference.effects.condition_draws`) for the model's ATEs.
+        (:func:`~cradle_pyro.inference.effects.condition_draws`) for the model's ATEs.
     """
 
     def __init__(self, data, min_cells: int = 3, num_draws: int = 4, n_cells: int = 64,

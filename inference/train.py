@@ -1,6 +1,6 @@
 """Training by stochastic variational inference.
 
-:func:`fit` minimises :class:`~inference.objective.CradleELBO` over
+:func:`fit` minimises :class:`~cradle_pyro.inference.objective.CradleELBO` over
 minibatches of the training cells with AdamW (weight decay) and gradient-norm
 clipping, keeps the state with the best validation loss (early stopping with
 patience), shows ELBO terms on a tqdm bar, and writes an atomic checkpoint
@@ -63,10 +63,10 @@ class TrainConfig:
 
     ``select`` picks the state ``fit`` keeps: ``"elbo"`` (lowest validation
     −ELBO), ``"ate"`` (lowest validation ATE error on seen conditions, see
-    :mod:`inference.selection`) or ``"last"`` (the final epoch, no early
+    :mod:`cradle_pyro.inference.selection`) or ``"last"`` (the final epoch, no early
     stopping). Nothing is kept and patience does not count before ``warmup``
     epochs. ``independence`` (λ, default 3) weighs the basal-leakage penalty of
-    :meth:`~inference.objective.CradleELBO.basal_leakage`, the first-moment
+    :meth:`~cradle_pyro.inference.objective.CradleELBO.basal_leakage`, the first-moment
     constraint that the basal state is independent of the treatment (each
     treatment group's mean of q(basal) over recent batches pulled to 0); λ = 3
     was chosen on simulated screens where the truth is known (ATE r 0.926 →

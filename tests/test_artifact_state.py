@@ -10,9 +10,9 @@ from sklearn.metrics import roc_auc_score
 from cradle_pyro import ModelConfig, PerturbationData, simulate_screen
 from cradle_pyro.distributions import BinaryStates, binary_states
 from cradle_pyro.model import CradleModel
-from inference import (TrainConfig, add_artifact_posterior, artifact_posterior, counterfactual, fit,
+from cradle_pyro.inference import (TrainConfig, add_artifact_posterior, artifact_posterior, counterfactual, fit,
                        load_run, save_run)
-from inference.interventions import intervene
+from cradle_pyro.inference.interventions import intervene
 
 LATENT = ModelConfig(artifact_state="latent")
 WITH_FLAGS = ModelConfig(artifact_state="latent", artifact_evidence="both")

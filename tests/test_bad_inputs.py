@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from cradle_pyro import simulate_screen
-from inference.cli import main
+from cradle_pyro.inference.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -336,7 +336,7 @@ def test_a_write_that_fails_midway_leaves_the_old_file(files, error, message, ca
 
 
 def test_disk_full_while_saving_a_run_leaves_no_folder(files, capsys, monkeypatch):
-    import inference.run_io as run_io
+    import cradle_pyro.inference.run_io as run_io
 
     def full(run, path):
         (path / "config.json").write_text("{")
@@ -363,7 +363,7 @@ def test_a_file_held_open_by_another_writer_is_named_so(files, tmp_path):
     import subprocess
     import sys
 
-    from inference.run_io import read_anndata
+    from cradle_pyro.inference.run_io import read_anndata
 
     path = tmp_path / "busy.h5ad"
     shutil.copy(files["screen"], path)
@@ -382,7 +382,7 @@ def test_a_file_held_open_by_another_writer_is_named_so(files, tmp_path):
 
 # ---------------------------------------------------------------- Ctrl-C
 def _interrupt_at(epoch_to_stop):
-    import inference.train as train
+    import cradle_pyro.inference.train as train
 
     real = train._train_epoch
 
@@ -394,7 +394,7 @@ def _interrupt_at(epoch_to_stop):
 
 
 def test_ctrl_c_during_train_says_how_to_resume(files, capsys, monkeypatch):
-    import inference.train as train
+    import cradle_pyro.inference.train as train
 
     out = Path(files["root"]) / "interrupted_run"
     line = (f"train {files['screen']} --no-doublets --epochs 3 --hidden-dim 16 --latent-dim 3 "
@@ -414,7 +414,7 @@ def test_ctrl_c_during_train_says_how_to_resume(files, capsys, monkeypatch):
 
 
 def test_ctrl_c_during_train_overwrite_keeps_the_old_run(files, capsys, monkeypatch):
-    import inference.train as train
+    import cradle_pyro.inference.train as train
 
     old = Path(files["root"]) / "old_run"
     shutil.copytree(files["run"], old)
@@ -429,7 +429,7 @@ def test_ctrl_c_during_train_overwrite_keeps_the_old_run(files, capsys, monkeypa
 
 
 def test_ctrl_c_elsewhere_is_one_line_and_exit_130(files, capsys, monkeypatch):
-    import inference.ensembles as ensembles
+    import cradle_pyro.inference.ensembles as ensembles
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -538,7 +538,7 @@ def test_few_draws_and_huge_counts_are_said_in_one_line(files, tmp_path, capsys,
 # ---------------------------------------------------------------- SIGKILL at random moments
 KILL_WRITER = """
 import sys, numpy as np, pandas as pd
-from inference.outputs import write_csv
+from cradle_pyro.inference.outputs import write_csv
 rows = int(sys.argv[2])
 table = pd.DataFrame(np.random.default_rng(0).normal(size=(rows, 8)))
 table["end"] = "complete"
@@ -566,6 +566,6 @@ def test_sigkill_at_random_moments_leaves_old_or_complete_file(tmp_path):
         text = target.read_text()
         assert text == "old\n" or (text.count("\n") == 40001 and text.endswith("complete\n"))
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "ate.csv"]
-    from inference.outputs import remove_stale_temporaries
+    from cradle_pyro.inference.outputs import remove_stale_temporaries
 
     assert set(remove_stale_temporaries(target)) == set(leftovers)  # the next write tidies up

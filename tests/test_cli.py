@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from cradle_pyro import simulate_screen
-from inference.cli import main
+from cradle_pyro.inference.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_qc_effects_sample_counterfactual_evaluate_diagnose(screen, run_dir, tmp
 
 
 def test_bad_input_is_one_line_and_nonzero(screen, run_dir, tmp_path):
-    cmd = [sys.executable, "-m", "inference.cli"]
+    cmd = [sys.executable, "-m", "cradle_pyro.inference.cli"]
     bad = subprocess.run(cmd + ["train", str(screen), "--out", str(tmp_path / "r"),
                                 "--perturbation-key", "guide"], capture_output=True, text=True)
     assert bad.returncode == 2
@@ -133,7 +133,7 @@ def test_cross_validate_writes_one_row_per_fold(screen, tmp_path, capsys):
 
 
 def test_help_teaches_with_examples():
-    out = subprocess.run([sys.executable, "-m", "inference.cli", "train", "--help"],
+    out = subprocess.run([sys.executable, "-m", "cradle_pyro.inference.cli", "train", "--help"],
                          capture_output=True, text=True).stdout
     assert "examples:" in out and "--split" in out and "YAML" in out
 
@@ -142,8 +142,8 @@ def test_every_config_field_is_settable_from_the_command_line_or_yaml(tmp_path):
     import dataclasses
 
     from cradle_pyro import ModelConfig
-    from inference import TrainConfig
-    from inference.cli import TRAIN_OPTIONS, YAML_ONLY, configs_from_options, resolve_train_options
+    from cradle_pyro.inference import TrainConfig
+    from cradle_pyro.inference.cli import TRAIN_OPTIONS, YAML_ONLY, configs_from_options, resolve_train_options
 
     settable = set(TRAIN_OPTIONS) | set(YAML_ONLY) | {"progress"}
     for cls in (ModelConfig, TrainConfig):
@@ -154,7 +154,7 @@ def test_every_config_field_is_settable_from_the_command_line_or_yaml(tmp_path):
                       "target_effects: false\nmask_prob: 0.3\nselect: ate\nwarmup: 2\n")
     import argparse
 
-    from inference.cli import build_parser
+    from cradle_pyro.inference.cli import build_parser
 
     args = build_parser().parse_args(["train", "x.h5ad", "--out", "r", "--config", str(config),
                                       "--no-target-effects", "--max-lr-halvings", "2"])
@@ -194,8 +194,8 @@ def test_latent_artifact_state_from_the_command_line(screen, run_dir, tmp_path, 
 
 def test_members_train_an_ensemble_whose_posteriors_effects_and_evaluate_mix(screen, run_dir,
                                                                              tmp_path):
-    from inference.ensembles import ensemble_ate
-    from inference.run_io import load_members
+    from cradle_pyro.inference.ensembles import ensemble_ate
+    from cradle_pyro.inference.run_io import load_members
 
     out = tmp_path / "ensemble"
     args = ["train", str(screen), "--out", str(out), "--split", "unseen-combinations",

@@ -5,8 +5,8 @@ import pytest
 
 from cradle_pyro import ModelConfig, PerturbationData, simulate_screen
 from cradle_pyro.errors import CradleInputError
-from inference import TrainConfig
-from inference.cross_validation import cross_validate, fold_split
+from cradle_pyro.inference import TrainConfig
+from cradle_pyro.inference.cross_validation import cross_validate, fold_split
 
 SPLIT = dict(doublets=False, split="unseen-combinations", heldout_fraction=0.5)
 

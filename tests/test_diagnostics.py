@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from cradle_pyro import ModelConfig, PerturbationData, simulate_screen
-from inference import TrainConfig, fit
-from inference.diagnostics import ARVIZ_MAJOR, compare, load_netcdf, psis_khat, to_arviz
+from cradle_pyro.inference import TrainConfig, fit
+from cradle_pyro.inference.diagnostics import ARVIZ_MAJOR, compare, load_netcdf, psis_khat, to_arviz
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ from pyro import poutine
 from cradle_pyro import ModelConfig, PerturbationData, simulate_screen
 from cradle_pyro.guides import CorrelatedGuide
 from cradle_pyro.model import CradleModel
-from inference import TrainConfig, fit
-from inference.effects import model_ate
-from inference.interventions import intervene
+from cradle_pyro.inference import TrainConfig, fit
+from cradle_pyro.inference.effects import model_ate
+from cradle_pyro.inference.interventions import intervene
 
 
 def test_gene_effect_site_shapes_and_guide_agreement():

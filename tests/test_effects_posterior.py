@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from cradle_pyro import ModelConfig, PerturbationData, simulate_screen
-from inference import TrainConfig, fit
-from inference.effects import abduction_cells, generate, posterior_ate, sample_cells
+from cradle_pyro.inference import TrainConfig, fit
+from cradle_pyro.inference.effects import abduction_cells, generate, posterior_ate, sample_cells
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_selection_criteria_keep_the_state_they_promise(run):
 
 def test_selection_without_validation_cells_says_what_to_change(run):
     from cradle_pyro.errors import CradleInputError
-    from inference.selection import ValidationEffects
+    from cradle_pyro.inference.selection import ValidationEffects
     adata = simulate_screen(n_cells=300, n_genes=30, n_singles=3, n_combinations=1, seed=3)
     data = PerturbationData.from_anndata(adata, doublets=False, seed=3,
                                          split_fractions=(1.0, 0.0, 0.0))
@@ -114,7 +114,7 @@ def test_selection_without_validation_cells_says_what_to_change(run):
 
 
 def test_counterfactuals_and_individual_effects_carry_intervals(run):
-    from inference.counterfactuals import counterfactual
+    from cradle_pyro.inference.counterfactuals import counterfactual
 
     cf = counterfactual(run.model, run.guide, run.data, artifact="clean", num_samples=8, split="val")
     lo, m, up = cf.layers["expected_lower"], cf.layers["expected"], cf.layers["expected_upper"]
@@ -131,7 +131,7 @@ def test_counterfactuals_and_individual_effects_carry_intervals(run):
 def test_latent_representations_separate_conditions_only_in_the_full_latent(run):
     import anndata as ad
 
-    from inference.embeddings import add_latents
+    from cradle_pyro.inference.embeddings import add_latents
 
     data = run.data
     cells = ad.AnnData(X=data.counts, obs={"c": list(data.conditions)})
@@ -150,7 +150,7 @@ def test_latent_representations_separate_conditions_only_in_the_full_latent(run)
 
 
 def test_twin_worlds_share_count_noise(run):
-    from inference.counterfactuals import counterfactual
+    from cradle_pyro.inference.counterfactuals import counterfactual
 
     cf = counterfactual(run.model, run.guide, run.data, artifact="clean", split="val")
     clean = cf.obs["observed_artifact"].to_numpy() == 0
@@ -170,7 +170,7 @@ def test_quantile_coupled_counts_follow_their_distributions():
     import pyro.distributions as dist
     import torch
 
-    from inference.counterfactuals import quantile_counts
+    from cradle_pyro.inference.counterfactuals import quantile_counts
 
     torch.manual_seed(0)
     u = torch.rand(20000, 3)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from cradle_pyro import ModelConfig, PerturbationData, simulate_screen
-from inference import TrainConfig, fit
-from inference.effects import posterior_ate
-from inference.ensembles import ensemble_ate, fit_ensemble
+from cradle_pyro.inference import TrainConfig, fit
+from cradle_pyro.inference.effects import posterior_ate
+from cradle_pyro.inference.ensembles import ensemble_ate, fit_ensemble
 
 MODEL = ModelConfig(latent_dim=4, hidden_dim=32)
 

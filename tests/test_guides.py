@@ -9,7 +9,7 @@ import pytest
 from cradle_pyro import (BasalGuide, CombinedGuide, CorrelatedGuide, CradleModel, MeanFieldGuide, ModelConfig,
                          PerturbationData)
 from cradle_pyro.guides import MaskGuide, basal_posterior_of
-from inference import CradleELBO, TrainConfig, fit
+from cradle_pyro.inference import CradleELBO, TrainConfig, fit
 
 
 def _data(screen):
@@ -113,8 +113,8 @@ def test_a_prior_that_samples_its_scale_trains_with_particles_and_a_composed_gui
     from cradle_pyro.guides import CombinedGuide, CorrelatedGuide
     from cradle_pyro.model import CradleModel
     from cradle_pyro.priors import sampled_scale
-    from inference import TrainConfig, fit
-    from inference.objective import CradleELBO
+    from cradle_pyro.inference import TrainConfig, fit
+    from cradle_pyro.inference.objective import CradleELBO
 
     data = PerturbationData.from_anndata(simulate_screen(400, 60, seed=0), doublets=False)
     cfg = ModelConfig(latent_dim=4, hidden_dim=16,

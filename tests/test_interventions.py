@@ -6,10 +6,10 @@ from pyro import poutine
 from pyro.infer import Predictive
 
 from cradle_pyro import CradleInputError, ModelConfig, PerturbationData
-from inference import TrainConfig, fit
-from inference.counterfactuals import counterfactual
-from inference.effects import data_ate, model_ate, sample_cells
-from inference.interventions import intervene
+from cradle_pyro.inference import TrainConfig, fit
+from cradle_pyro.inference.counterfactuals import counterfactual
+from cradle_pyro.inference.effects import data_ate, model_ate, sample_cells
+from cradle_pyro.inference.interventions import intervene
 
 
 @pytest.fixture(scope="module")

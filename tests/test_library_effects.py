@@ -10,9 +10,9 @@ from pyro import poutine
 from cradle_pyro import ModelConfig, PerturbationData, simulate_screen
 from cradle_pyro.guides import make_guide
 from cradle_pyro.model import CradleModel
-from inference import TrainConfig, fit
-from inference.effects import data_ate, model_ate
-from inference.interventions import counterfactual_library, intervene
+from cradle_pyro.inference import TrainConfig, fit
+from cradle_pyro.inference.effects import data_ate, model_ate
+from cradle_pyro.inference.interventions import counterfactual_library, intervene
 
 
 def test_library_is_an_observed_mediator_only_when_switched_on():

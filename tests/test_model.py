@@ -86,8 +86,8 @@ def test_straight_through_mask_scores_bernoulli_pmf_and_passes_gradients():
 
 def test_a_hierarchical_prior_with_a_learnt_scale_trains_and_reloads(tmp_path):
     from cradle_pyro import PerturbationData, simulate_screen
-    from inference import TrainConfig, load_run
-    from inference.run_io import save_run, train_from_file
+    from cradle_pyro.inference import TrainConfig, load_run
+    from cradle_pyro.inference.run_io import save_run, train_from_file
 
     path = tmp_path / "screen.h5ad"
     simulate_screen(n_cells=400, n_genes=40, n_singles=4, n_combinations=2, seed=1).write_h5ad(path)

@@ -6,7 +6,7 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 
 from cradle_pyro import CorrelatedGuide, CradleModel, ModelConfig, PerturbationData, simulate_screen
-from inference import CradleELBO, iwelbo
+from cradle_pyro.inference import CradleELBO, iwelbo
 
 
 class FixValues(Messenger):
@@ -87,7 +87,7 @@ def test_iwelbo_is_finite_and_at_least_the_single_sample_bound(tiny):
 
 
 def _leakage_inputs(tiny, rows):
-    from inference.objective import _location
+    from cradle_pyro.inference.objective import _location
 
     pyro.set_rng_seed(0)
     model = CradleModel.from_data(tiny, ModelConfig(latent_dim=4, hidden_dim=16))

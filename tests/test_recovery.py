@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from cradle_pyro import ModelConfig, PerturbationData, simulate_screen
-from inference import TrainConfig, fit
-from inference.effects import model_ate, sample_cells
-from inference.metrics import qc_pass_rate
+from cradle_pyro.inference import TrainConfig, fit
+from cradle_pyro.inference.effects import model_ate, sample_cells
+from cradle_pyro.inference.metrics import qc_pass_rate
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_independence_penalty_keeps_the_effect_out_of_the_basal_state(screen, ru
     """Training with the default λ = 3 leaves less of each condition in the basal state than the
     plain objective (λ = 0), measured by the per-condition shift of mean q(basal) over the
     offset, and its ATEs are at least as close to the truth."""
-    from inference.metrics import basal_leakage
+    from cradle_pyro.inference.metrics import basal_leakage
 
     data, fitted = runs
     plain = fit(data, TrainConfig(epochs=30, num_particles=3, progress=False, seed=0,

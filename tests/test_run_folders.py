@@ -14,9 +14,9 @@ import torch
 
 from cradle_pyro import simulate_screen
 from cradle_pyro.errors import CradleInputError, TrainingDiverged
-from inference import TrainConfig
-from inference.run_io import load_run, recover_run_folder, save_run, train_from_file
-from inference.train import fit
+from cradle_pyro.inference import TrainConfig
+from cradle_pyro.inference.run_io import load_run, recover_run_folder, save_run, train_from_file
+from cradle_pyro.inference.train import fit
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_saving_over_a_run_needs_overwrite_and_leaves_no_stale_file(trained):
 
 CHILD = r"""
 import sys, torch
-from inference.run_io import load_run, save_run
+from cradle_pyro.inference.run_io import load_run, save_run
 run = load_run(sys.argv[1])
 target = sys.argv[2]
 open(sys.argv[3], "w").write("ready")
@@ -114,7 +114,7 @@ def test_divergence_is_caught_restored_and_never_saved(trained):
 def test_effects_and_sampling_work_without_the_training_file(trained, tmp_path):
     import shutil
 
-    from inference.effects import model_ate, sample_cells
+    from cradle_pyro.inference.effects import model_ate, sample_cells
 
     root, path, run = trained
     moved = tmp_path / "screen.h5ad"
@@ -145,8 +145,8 @@ def test_a_run_saved_without_cell_conditions_draws_libraries_from_the_model(trai
 
     import pandas as pd
 
-    from inference.effects import model_ate, sample_cells
-    from inference.run_io import CONDITION_COLUMN
+    from cradle_pyro.inference.effects import model_ate, sample_cells
+    from cradle_pyro.inference.run_io import CONDITION_COLUMN
 
     root, path, run = trained
     moved = tmp_path / "screen.h5ad"

@@ -52,7 +52,7 @@ def test_data_layer_shares_the_count_matrix_and_standardises_in_chunks(tmp_path,
 def test_counts_on_disk_give_the_same_data_and_train(tmp_path):
     import torch
 
-    from inference import TrainConfig, fit
+    from cradle_pyro.inference import TrainConfig, fit
 
     path = simulate_large_screen(tmp_path / "d.h5ad", n_cells=3000, n_genes=120, n_singles=6,
                                  n_combinations=3, chunk_size=1000, seed=4)
@@ -81,8 +81,8 @@ def test_counts_on_disk_give_the_same_data_and_train(tmp_path):
 def test_train_from_the_command_line_with_counts_on_disk(tmp_path):
     import warnings
 
-    from inference.cli import main
-    from inference.run_io import data_fingerprint, load_run
+    from cradle_pyro.inference.cli import main
+    from cradle_pyro.inference.run_io import data_fingerprint, load_run
 
     path = simulate_large_screen(tmp_path / "c.h5ad", n_cells=1500, n_genes=100, n_singles=4,
                                  n_combinations=2, chunk_size=400, seed=5)

@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from cradle_pyro import PerturbationData, simulate_screen
-from inference.scoring import (effect_slope, held_out_conditions, interactions, score_ates,
+from cradle_pyro.inference.scoring import (effect_slope, held_out_conditions, interactions, score_ates,
                                single_conditions, summarise_scores)
 
 
@@ -30,7 +30,7 @@ def test_additive_baseline_is_not_flattered_by_shared_control_noise():
     table = score_ates({}, data, ["A+B"], n_splits=30, seed=0)
     fair = table.set_index("predictor").loc["additive", "pearson_all"]
     # the same baseline scored against a truth that shares all control cells
-    from inference.effects import perturbseq_normalise
+    from cradle_pyro.inference.effects import perturbseq_normalise
     x = lambda c: perturbseq_normalise(data.counts[np.asarray(data.conditions) == c]).mean(0)
     shared = np.corrcoef(x("A+B") - x("control"), x("A") + x("B") - 2 * x("control"))[0, 1]
     assert shared > 0.4          # control noise alone correlates them
@@ -54,7 +54,7 @@ def test_a_perfect_prediction_scores_near_the_square_root_of_the_ceiling():
                        var=pd.DataFrame(index=[f"G{i}" for i in range(n_genes)]))
     data = PerturbationData.from_anndata(adata, "perturbation", "control", doublets=False,
                                          split="split", qc_k=100.0)
-    from inference.effects import perturbseq_normalise
+    from cradle_pyro.inference.effects import perturbseq_normalise
     # the "true" ATE from a large independent sample
     big = np.stack([rng.poisson(rates * np.exp(m * effect), (4000, n_genes)) for m in (0, 2)])
     truth = perturbseq_normalise(big[1]).mean(0) - perturbseq_normalise(big[0]).mean(0)

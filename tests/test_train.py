@@ -4,7 +4,7 @@ import torch
 
 from cradle_pyro import ModelConfig, PerturbationData
 from cradle_pyro.config import LIKELIHOODS, MODELS
-from inference import TrainConfig, fit
+from cradle_pyro.inference import TrainConfig, fit
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_data_parallel_training_under_torchrun(small_screen, tmp_path):
     path = tmp_path / "screen.h5ad"
     small_screen.write_h5ad(path)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    out = subprocess.run(torchrun + ["-m", "inference.distributed", str(path), "--out",
+    out = subprocess.run(torchrun + ["-m", "cradle_pyro.inference.distributed", str(path), "--out",
                                      str(tmp_path / "run"), "--epochs", "2", "--no-doublets",
                                      "--latent-dim", "4", "--hidden-dim", "16", "--num-particles", "2"],
                          capture_output=True, text=True, timeout=300)
@@ -106,7 +106,7 @@ def test_shards_partition_the_cells_equally(data):
 
 def test_parameter_digest_tells_parameter_sets_apart():
     from cradle_pyro.model import CradleModel
-    from inference.distributed import parameter_digest
+    from cradle_pyro.inference.distributed import parameter_digest
 
     torch.manual_seed(0)
     a = CradleModel(10, 2, 1)
