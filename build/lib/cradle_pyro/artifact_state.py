@@ -7,17 +7,17 @@ default ``damaged``, ``low_complexity``, ``doublet``). They cause the counts
 observed children added here (``artifact_evidence``: the covariates by
 default, the flags, or both):
 
-===================  ======  ==============  ==========================================
-site                 shape   plate           role
-===================  ======  ==============  ==========================================
-``flag_sensitivity`` K × A   artifact_kinds  P(cause k trips QC flag a), Beta prior
-``flag_specificity`` A       —               P(QC does not flag a | no cause), Beta prior
-``artifact_flag``    n × A   cells           the QC flags (k·MAD rules, scrublet):
+====================  =====  ==============  ============================================
+site                  shape  plate           role
+====================  =====  ==============  ============================================
+``flag_sensitivity``  K × A  artifact_kinds  P(cause k trips QC flag a), Beta prior
+``flag_specificity``  A      —               P(QC does not flag a | no cause), Beta prior
+``artifact_flag``     n × A  cells           the QC flags (k·MAD rules, scrublet):
                                              noisy labels of the causes (noisy-OR)
-``qc``               n × C   cells           standardised QC covariates (library size,
+``qc``                n × C  cells           standardised QC covariates (library size,
                                              detected genes, logit mt / ribo shares,
                                              doublet score)
-===================  ======  ==============  ==========================================
+====================  =====  ==============  ============================================
 
 ::
 

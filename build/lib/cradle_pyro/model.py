@@ -2,29 +2,29 @@
 
 Sample sites (their names are public API; DESIGN.md, causal story):
 
-===================  ======  =============  =========================================
-site                 shape   plate          role
-===================  ======  =============  =========================================
-``effect``           P × d   perturbations  latent shift of each perturbation
-``mask``             P × d   perturbations  which latent dims a perturbation moves
-``mask_rate``        d       —              Beta prior on the mask (``svae+`` only)
-``artifact_effect``  A × d   artifact_kinds latent shift of each artifact kind
-``target_effect``    P       perturbations  direct (cis) log-fold effect of a
+===================  =====  ==============  =============================================
+site                 shape  plate           role
+===================  =====  ==============  =============================================
+``effect``           P × d  perturbations   latent shift of each perturbation
+``mask``             P × d  perturbations   which latent dims a perturbation moves
+``mask_rate``        d      —               Beta prior on the mask (``svae+`` only)
+``artifact_effect``  A × d  artifact_kinds  latent shift of each artifact kind
+``target_effect``    P      perturbations   direct (cis) log-fold effect of a
                                             perturbation on its own target gene,
                                             when the target is a measured gene
-``gene_effect``      P × G   perturbations  direct sparse log-fold effect of a
+``gene_effect``      P × G  perturbations   direct sparse log-fold effect of a
                                             perturbation on every gene (``gene_effects``)
-``library_effect``   P       perturbations  log-fold effect of a perturbation on the
+``library_effect``   P      perturbations   log-fold effect of a perturbation on the
                                             library size (``library_effects``)
-``dosage``           n × P   cells          treatment received (observed, intervenable)
-``artifact``         n × A   cells          artifact state (observed, or latent with
+``dosage``           n × P  cells           treatment received (observed, intervenable)
+``artifact``         n × A  cells           artifact state (observed, or latent with
                                             its QC evidence: :mod:`.artifact_state`)
-``basal``            n × d   cells          the cell before anything happened
-``library``          n       cells          observed; with ``library_effects`` a mediator
+``basal``            n × d  cells           the cell before anything happened
+``library``          n      cells           observed; with ``library_effects`` a mediator
                                             of the dosage, else only sampled when no
                                             library size is given
-``counts``           n × G   cells          observed UMI counts
-===================  ======  =============  =========================================
+``counts``           n × G  cells           observed UMI counts
+===================  =====  ==============  =============================================
 
 ::
 
@@ -94,6 +94,8 @@ class CradleModel(PyroModule):
         and F QC flags (default: ``n_artifacts``), the evidence of a latent
         artifact state (``artifact_state="latent"`` only).
 
+    Notes
+    -----
     Call signature (the guides take the same arguments)::
 
         model(counts=None, dosage=None, artifact=None, library=None, *, qc=None,

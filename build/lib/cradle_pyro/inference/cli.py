@@ -112,7 +112,9 @@ TRAIN_OPTIONS = {
     "combine": ("model", str, None, "concat or sum (default: the model's published choice)"),
     "effect_prior": ("model", str, "normal", "normal, laplace or student-t, each also as "
                      "NAME-learnt-scale (the prior scale fitted with the model)"),
-    "epochs": ("train", int, 200, "epochs (with --select ate or elbo, early stopping may end sooner)"),
+    "epochs": ("train", int, None, "epochs (default: from the number of training cells, 200 "
+               "up to 20,000 cells and 200 × 20,000 cell visits beyond, at least 10; with "
+               "--select ate or elbo, early stopping may end sooner)"),
     "batch_size": ("train", int, 128, "cells per minibatch"),
     "lr": ("train", float, 5e-3, "AdamW learning rate"),
     "beta": ("train", float, 1.0, "weight of CRADLE's counterfactual alignment term (0: off)"),
@@ -225,6 +227,8 @@ def resolve_train_options(args) -> dict:
         if value is not None:
             opts[key] = value
     opts["qc_columns"] = {**opts.get("qc_columns", {}), **_parse_pairs(args.qc_column, "--qc-column")}
+    if getattr(args, "quiet", False):
+        opts["progress"] = False
     opts["perturbation_key"] = args.perturbation_key or opts.get("perturbation_key") or "perturbation"
     opts["control"] = args.control or opts.get("control") or "control"
     return opts
@@ -465,6 +469,7 @@ def cmd_evaluate(args):
         runs[name if name not in runs else Path(path).name] = members
     data = next(iter(runs.values()))[0].data
     report = evaluate(runs, data, args.out, split=args.split, num_draws=args.num_draws,
+                      progress=not args.quiet,
                       n_cells=args.n_cells, seed=args.seed, basal=args.basal)
     _print_headline(report, args.out)
 
@@ -539,7 +544,8 @@ def cmd_demo(args):
     print(f"simulated {adata.n_obs} cells × {adata.n_vars} genes with injected artifacts -> {screen}")
     runs = {}
     for kind in ("cradle", "sams"):
-        run = train_from_file(screen, TrainConfig(epochs=args.epochs, seed=args.seed, progress=True),
+        run = train_from_file(screen, TrainConfig(epochs=args.epochs, seed=args.seed,
+                                                          progress=not args.quiet),
                               ModelConfig(model=kind), split="unseen-combinations",
                               heldout_fraction=0.34, seed=args.seed)
         save_run(run, out / "runs" / kind, overwrite=args.overwrite)
@@ -547,7 +553,8 @@ def cmd_demo(args):
     data = runs["cradle"].data
     qc_share = float(data.artifact.max(1).mean())
     print(f"QC labelled {qc_share:.1%} of cells as artifacts (k=3 MAD, scrublet)")
-    report = evaluate(runs, data, out / "report", split="test", seed=args.seed)
+    report = evaluate(runs, data, out / "report", split="test", seed=args.seed,
+                      progress=not args.quiet)
     _print_headline(report, out / "report")
     print(f"done in {time.time() - t0:.0f} s; runs in {out / 'runs'}")
 
@@ -626,6 +633,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name not in ("train", "cross-validate"):  # these take it as TrainConfig.threads
             p.add_argument("--threads", type=POSITIVE_INT, default=None,
                            help="CPU threads for torch (default: torch's own choice)")
+        if name in ("demo", "train", "cross-validate", "evaluate"):
+            p.add_argument("--quiet", action="store_true",
+                           help="no progress output (on a terminal a live bar; in a log a line "
+                                "every 10 %% with the time left)")
         if name in OUTPUTS:
             p.add_argument("--overwrite", action="store_true",
                            help="replace outputs that exist (never one of the inputs); "

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # figures without pyplot's global state or backend
-from tqdm.auto import tqdm
 
+from cradle_pyro.progress import Progress
 from cradle_pyro.qc import qc_metrics
 from cradle_pyro.splits import targets_of
 
@@ -92,13 +92,16 @@ def evaluate(runs: dict, data, out_dir, *, split: str = "test", num_draws: int =
     members = {name: list(r) if isinstance(r, (list, tuple)) else [r] for name, r in runs.items()}
     runs = {name: m[0] for name, m in members.items()}
     posteriors, extras = {}, {}
-    for name, run in tqdm(runs.items(), desc="evaluate", disable=not progress):
+    bar = Progress(len(runs), "evaluate", enabled=progress, every=1 / max(len(runs), 1))
+    for name, run in runs.items():
         wanted = perts + [t for t in singles if t not in perts]
         posteriors[name] = ensemble_ate(members[name], data, wanted, num_draws=num_draws,
                                         n_cells=n_cells, seed=seed, basal=basal)
         extras[name] = _generation_checks(run, data, perts, split, n_generated, seed,
                                           out / "figures" / f"qc_{_safe(name)}.png")
         extras[name]["members"] = len(members[name])
+        bar.update(model=name)
+    bar.close()
     means = {name: post.mean for name, post in posteriors.items()}
     table = score_ates(means, data, perts, split=split, n_splits=n_splits, top_k=top_k,
                        seed=seed)

@@ -19,7 +19,7 @@ from .seeding import keeps_global_rng
 
 def ate_metrics(predicted: pd.DataFrame, observed: pd.DataFrame, top_k: int = 20) -> pd.DataFrame:
     """Per perturbation: Pearson r, R² and slope over all genes and over the top-k DE genes
-    (largest |observed ATE|), and the Jaccard overlap of the top-k gene sets.
+    (largest absolute observed ATE), and the Jaccard overlap of the top-k gene sets.
 
     One observed table, no noise ceiling: for scores against data use
     :func:`cradle_pyro.inference.scoring.score_ates`, which also keeps the additive

@@ -22,19 +22,19 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 import pyro
 import torch
-from tqdm.auto import tqdm
 
 from cradle_pyro.config import ModelConfig
 from cradle_pyro.data import PerturbationData
 from cradle_pyro.errors import CradleInputError, TrainingDiverged
 from cradle_pyro.guides import make_guide
 from cradle_pyro.model import CradleModel
+from cradle_pyro.progress import Progress, format_seconds
 
 from cradle_pyro.validation import check_choice, check_fields
 
@@ -83,7 +83,7 @@ class TrainConfig:
     beyond that, :class:`~cradle_pyro.errors.TrainingDiverged` is raised.
     """
 
-    epochs: int = 200
+    epochs: int | None = None
     batch_size: int = 128
     lr: float = 5e-3
     weight_decay: float = 1e-5
@@ -103,13 +103,15 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
     progress: bool = True
+    epochs_auto: bool = False
 
     def __post_init__(self):
-        check_fields(vars(self), _TRAIN_RULES, "TrainConfig")
+        values = {k: v for k, v in vars(self).items() if not (k == "epochs" and v is None)}
+        check_fields(values, _TRAIN_RULES, "TrainConfig")
         check_choice("guide", self.guide, ("correlated", "mean-field"), "TrainConfig")
         check_choice("select", self.select, SELECT, "TrainConfig")
         check_choice("on_divergence", self.on_divergence, ("lower-lr", "stop"), "TrainConfig")
-        if self.warmup >= self.epochs:
+        if self.epochs is not None and self.warmup >= self.epochs:
             raise CradleInputError(f"TrainConfig: warmup={self.warmup} must be less than "
                                    f"epochs={self.epochs}, or no state would be kept")
         check_choice("alignment_weighting", self.alignment_weighting, ALIGNMENT_WEIGHTINGS,
@@ -119,6 +121,29 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def for_cells(self, n_train_cells: int) -> "TrainConfig":
+        """This configuration with ``epochs`` chosen from the data when it was left at None."""
+        if self.epochs is not None:
+            return self
+        return replace(self, epochs=epochs_for(n_train_cells), epochs_auto=True)
+
+
+EPOCHS_MAX, EPOCHS_MIN, EPOCHS_FULL_CELLS = 200, 10, 20_000
+
+
+def epochs_for(n_train_cells: int) -> int:
+    """Epochs chosen from the number of training cells, when ``epochs`` is not given.
+
+    200 epochs up to 20,000 training cells (the default chosen by cross-validation
+    on Norman's seen cells and on simulated screens); beyond, the same number of
+    cell visits (200 × 20,000) spread over the larger screen, and at least 10.
+
+    >>> epochs_for(2_700), epochs_for(40_000), epochs_for(100_000), epochs_for(1_000_000)
+    (200, 100, 40, 10)
+    """
+    per_cell = EPOCHS_MAX * EPOCHS_FULL_CELLS / max(int(n_train_cells), 1)
+    return int(min(EPOCHS_MAX, max(EPOCHS_MIN, round(per_cell))))
 
 
 _TRAIN_RULES = {
@@ -331,7 +356,7 @@ def _fit(
     resume: bool = False,
 ) -> TrainedRun:
     """The body of :func:`fit` (which sets and restores the thread count)."""
-    tc = train_config or TrainConfig()
+    tc = (train_config or TrainConfig()).for_cells(len(data.indices("train")))
     mc = model_config or (model.config if model is not None else ModelConfig())
     device = _resolve_device(tc.device)
     pyro.set_rng_seed(tc.seed)
@@ -380,8 +405,10 @@ def _fit(
     if ckpt_path is not None and rank == 0:
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
 
-    bar = tqdm(total=tc.epochs, desc=f"train {mc.model}", disable=not tc.progress or rank > 0,
-               initial=start)
+    chosen = (f" (chosen from {len(data.indices('train')):,} training cells; --epochs to set)"
+              if tc.epochs_auto else "")
+    bar = Progress(tc.epochs, f"train {mc.model}", enabled=tc.progress and rank == 0,
+                   initial=start, unit="epoch")
     n_train = len(data.indices("train"))
     # the reference for an exploding loss: the untrained model's, or the best epoch's
     best_train = min([initial_loss] + [h["loss"] for h in history])
@@ -438,9 +465,9 @@ def _fit(
                                   "guide": copy.deepcopy(guide.state_dict())}
             elif epoch >= tc.warmup:
                 stale += 1
-            bar.set_postfix(loss=f"{row['loss']:.1f}", loglik=f"{row['loglik']:.1f}",
-                            kl=f"{row['kl']:.2f}", align=f"{row['alignment']:.3f}",
-                            val=f"{row['val_loss']:.1f}")
+            terms = dict(loss=f"{row['loss']:.1f}", elbo=f"{row.get('elbo', math.nan):.1f}",
+                         kl=f"{row['kl']:.2f}", align=f"{row['alignment']:.3f}",
+                         val=f"{row['val_loss']:.1f}")
             if ckpt_path is not None and rank == 0:
                 atomic_save({"model": model.state_dict(), "guide": guide.state_dict(),
                              "optimizer": optimizer.state_dict(), "rng": _rng_state(),
@@ -449,7 +476,12 @@ def _fit(
                              "epoch": epoch, "history": history, "best": best,
                              "best_epoch": best_epoch, "stale": stale, "best_state": best_state},
                             ckpt_path)
-            bar.update(1)
+            if epoch == start:  # the first epoch of this process: say how long it all takes
+                took = time.perf_counter() - started
+                bar.write(f"train {mc.model}: epoch {epoch + 1} took {format_seconds(took)}; "
+                          f"{tc.epochs - start} epochs{' left' if start else ''}{chosen} take "
+                          f"about {format_seconds(took * (tc.epochs - start))}")
+            bar.update(1, **terms)
             epoch += 1
             if stale >= tc.patience:
                 break
