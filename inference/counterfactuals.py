@@ -89,10 +89,53 @@ def quantile_counts(fn, u: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(np.nan_to_num(out), dtype=torch.float32, device=u.device)
 
 
+def _cdf(fn, k: np.ndarray) -> np.ndarray:
+    """P(X <= k) of a (possibly Independent-wrapped) count distribution, float64 (k may be -1)."""
+    from scipy import stats
+
+    base = fn.base_dist if hasattr(fn, "base_dist") else fn
+    numpy = lambda t: t.detach().cpu().double().numpy()  # noqa: E731
+    if isinstance(base, dist.ZeroInflatedNegativeBinomial):
+        gate = numpy(torch.sigmoid(base.gate_logits))
+        nb = base.base_dist
+        inner = stats.nbinom.cdf(k, numpy(nb.total_count), numpy(torch.sigmoid(-nb.logits)))
+        return np.where(k < 0, 0.0, gate + (1 - gate) * inner)  # structural zeros first
+    if isinstance(base, dist.NegativeBinomial):
+        return stats.nbinom.cdf(k, numpy(base.total_count), numpy(torch.sigmoid(-base.logits)))
+    if isinstance(base, dist.Poisson):
+        return stats.poisson.cdf(k, numpy(base.rate))
+    raise TypeError(f"no count-noise abduction for {type(base).__name__}")
+
+
+def abducted_counts(fn_factual, fn_counterfactual, observed: torch.Tensor) -> torch.Tensor:
+    """Counterfactual counts that share the observed cell's own count noise.
+
+    Abduction: for each observed count ``x`` the noise ``u`` is drawn uniformly in
+    ``(F(x-1), F(x)]`` under the factual distribution ``F`` (for ZINB the gate's
+    posterior is in that interval: a zero's ``u`` falls below the gate with the
+    posterior probability of a structural zero). Prediction: ``G⁻¹(u)`` under the
+    counterfactual distribution ``G``. So the factual world reproduces ``x``
+    exactly, and a gene whose distribution the intervention leaves alone keeps its
+    observed count (where ``(F(x-1), F(x)]`` lies inside ``(G(x-1), G(x)]`` the
+    answer is ``x`` without rounding error).
+    """
+    x = observed.detach().cpu().double().numpy()
+    lo, hi = _cdf(fn_factual, x - 1), _cdf(fn_factual, x)
+    v = torch.rand(observed.shape, device=observed.device).cpu().double().numpy()
+    u = lo + np.clip(v, 1e-9, 1.0) * (hi - lo)
+    u_t = torch.as_tensor(u, dtype=torch.float64, device=observed.device)
+    out = quantile_counts(fn_counterfactual, u_t).cpu().double().numpy()
+    same = (_cdf(fn_counterfactual, x - 1) <= lo) & (hi <= _cdf(fn_counterfactual, x))
+    return torch.as_tensor(np.where(same, x, out), dtype=torch.float32, device=observed.device)
+
+
+NOISE = ("abducted", "shared", "independent")
+
+
 @keeps_global_rng
 def counterfactual(model, guide, data, *, artifact=None, dosage=None, split=None,
                    num_samples: int = 1, batch_size: int = 512, seed: int = 0,
-                   device=None, interval: float = 0.9, noise: str = "shared") -> ad.AnnData:
+                   device=None, interval: float = 0.9, noise: str = "abducted") -> ad.AnnData:
     """Counterfactual predictions for the cells of ``data`` (a split or all).
 
     Parameters
@@ -106,11 +149,14 @@ def counterfactual(model, guide, data, *, artifact=None, dosage=None, split=None
     interval
         Mass of the central credible intervals.
     noise
-        ``"shared"`` (default): the sampled factual and counterfactual counts
-        share their count noise (:func:`quantile_counts`), so a count-level
-        individual effect isolates the intervention (a gene the intervention
-        does not touch has identical counts in both worlds);
-        ``"independent"``: two independent draws.
+        ``"abducted"`` (default): the count noise is abducted from the observed
+        counts (:func:`abducted_counts`): the factual layer *is* the observed
+        cell, and the counterfactual counts share its noise, so ``do`` of
+        nothing returns the observed counts and a gene the intervention does
+        not touch keeps its count; ``"shared"``: a fresh uniform per (cell,
+        gene) drives both worlds (:func:`quantile_counts`; the factual layer is
+        then a re-simulation, not the cell); ``"independent"``: two independent
+        draws.
 
     Returns
     -------
@@ -127,8 +173,8 @@ def counterfactual(model, guide, data, *, artifact=None, dosage=None, split=None
         ``["effect_upper"]`` (interval of the individual effect, expected
         counterfactual minus expected factual counts, under the same draw).
     """
-    if noise not in ("shared", "independent"):
-        raise ValueError(f"noise={noise!r}; use 'shared' or 'independent'")
+    if noise not in NOISE:
+        raise ValueError(f"noise={noise!r}; use one of {NOISE}")
     device = device or model.device
     names = _names(data)
     model_do = intervene(model, dosage=dosage, artifact=artifact, **names)
@@ -151,7 +197,10 @@ def counterfactual(model, guide, data, *, artifact=None, dosage=None, split=None
                 fn_cf, x_cf = _predict(model_do, gtr, kw_cf)
                 fn_fa, x_fa = _predict(model, gtr, kwargs)
                 mean_cf, mean_fa = fn_cf.mean, fn_fa.mean
-                if s == 0 and noise == "shared":
+                if s == 0 and noise == "abducted":
+                    x_fa = kwargs["counts"].reshape(mean_fa.shape)
+                    x_cf = abducted_counts(fn_fa, fn_cf, x_fa)
+                elif s == 0 and noise == "shared":
                     u = torch.rand(mean_fa.shape, device=mean_fa.device)
                     x_cf, x_fa = quantile_counts(fn_cf, u), quantile_counts(fn_fa, u)
                 draws_cf.append(mean_cf.reshape(batch.size, -1))
