@@ -879,6 +879,11 @@ def _users_name(path) -> str:
     return str(Path(*parts))
 
 
+# third-party warnings that precede one of the library's own errors about the same thing
+QUIETED = ("Observation names are not unique",  # anndata; refused: "obs names are not unique"
+           "Detected pickle protocol")  # torch, reading a foreign file the loader then refuses
+
+
 class Interrupted(Exception):
     """Ctrl-C, with what it left behind."""
 
@@ -893,6 +898,10 @@ def main(argv=None):
     prefix = f"cradle-pyro {args.command}: "
     shown = warnings.formatwarning
     warnings.formatwarning = lambda message, *rest, **kw: f"{prefix}warning: {message}\n"
+    quiet = warnings.catch_warnings()
+    quiet.__enter__()
+    for message in QUIETED:  # said better by the library's own one-line error
+        warnings.filterwarnings("ignore", message=message)
     try:
         if args.command in OUTPUTS:
             _check_outputs(args)
@@ -914,6 +923,7 @@ def main(argv=None):
         return 130
     finally:
         torch.set_num_threads(threads)  # in-process callers keep their own setting
+        quiet.__exit__(None, None, None)
         warnings.formatwarning = shown
     return 0
 
