@@ -152,7 +152,8 @@ def save_figure(fig, path, **kwargs):
         fig.savefig(tmp, **kwargs)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -174,7 +175,7 @@ def remove_stale_temporaries(path) -> list:
             pid = int(p.name[len(f".{path.stem}{TMP_MARK}"):].split("-")[0])
         except ValueError:
             continue
-        if p.is_file() and not p.is_symlink() and pid != os.getpid() and not _pid_alive(pid):
+        if p.is_file() and not p.is_symlink() and pid != os.getpid() and not pid_alive(pid):
             p.unlink(missing_ok=True)
             gone.append(p.name)
     return gone

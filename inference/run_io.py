@@ -60,7 +60,7 @@ from cradle_pyro.model import CradleModel, target_gene_index
 from cradle_pyro.qc import QCThresholds
 
 from .ensembles import fit_ensemble
-from .outputs import write_text
+from .outputs import pid_alive, write_text
 from .train import TrainConfig, TrainedRun, atomic_save, fit, load_tensors
 
 SPLIT_COLUMN = "cradle_split"
@@ -264,15 +264,7 @@ class RunFolderLock:
             pid = int(self.file.read_text().strip())
         except (OSError, ValueError):
             return False
-        if pid == os.getpid():
-            return True
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return pid == os.getpid() or pid_alive(pid)
 
     def __exit__(self, *exc):
         self.file.unlink(missing_ok=True)
