@@ -19,6 +19,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from cradle_pyro.config import LIKELIHOODS, MODELS, ModelConfig
@@ -427,6 +428,33 @@ def warn_few_draws(num_draws: int):
                       "mean); use the default or more", UserWarning, stacklevel=2)
 
 
+def observed_cell_counts(data, perts, given=None) -> dict:
+    """(cells of the condition, control cells) an observed ATE averages, per condition:
+    ``--observed-cells N,M`` for all, or the screen's own clean cells of each."""
+    if given:
+        try:
+            pair = tuple(int(v) for v in given.split(","))
+        except ValueError:
+            pair = ()
+        if len(pair) != 2 or min(pair) < 1:
+            raise CradleInputError(f"--observed-cells {given!r} must be two positive whole "
+                                   "numbers N,M: cells of the condition, control cells")
+        return {p: pair for p in perts}
+    from .effects import clean_mask
+
+    if getattr(data, "is_stand_in", False):
+        raise CradleInputError("--interval-kind observed needs the screen's cell counts; pass "
+                               "--observed-cells N,M or make the run's training file available")
+    conditions, clean = np.asarray(data.conditions), clean_mask(data)
+    n_control = int((clean & (conditions == data.control_label)).sum())
+    counts = {p: (int((clean & (conditions == p)).sum()), n_control) for p in perts}
+    unmeasured = [p for p, (n, _) in counts.items() if n == 0]
+    if unmeasured:
+        raise CradleInputError(f"{unmeasured[0]!r} has no clean cells in the screen to size an "
+                               "observed ATE by; pass --observed-cells N,M")
+    return counts
+
+
 def cmd_effects(args):
     from .ensembles import ensemble_ate
     from .run_io import load_members
@@ -434,8 +462,11 @@ def cmd_effects(args):
     runs = load_members(args.run, device=args.device)
     perts = requested_conditions(args.perturbations, runs[0].data, args.perturbations_file)
     warn_few_draws(args.num_draws)
+    kind = {"kind": args.interval_kind}
+    if args.interval_kind == "observed":
+        kind["observed_cells"] = observed_cell_counts(runs[0].data, perts, args.observed_cells)
     post = ensemble_ate(runs, runs[0].data, perts, num_draws=args.num_draws, n_cells=args.n_cells,
-                        seed=args.seed, interval=args.interval, basal=args.basal)
+                        seed=args.seed, interval=args.interval, basal=args.basal, **kind)
     ate = post.mean
     write_csv(ate if args.wide else post.to_long(), args.out, index=args.wide)
     top = ate.abs().max(1).round(3).to_dict()
@@ -763,6 +794,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=MASS, default=0.9,
                    help="mass of the credible interval (default 0.9: 5%% and 95%% quantiles)")
     add_basal_argument(p)
+    p.add_argument("--interval-kind", choices=["ate", "observed"], default="ate",
+                   help="ate (default): credible interval of the population ATE, the estimand; "
+                        "observed: predictive interval of the ATE as observed from finitely "
+                        "many cells (the screen's own clean cells of each condition and of "
+                        "control, or --observed-cells), for comparing with data")
+    p.add_argument("--observed-cells", default=None, metavar="N,M",
+                   help="with --interval-kind observed: cells of the condition and control cells")
     p.add_argument("--wide", action="store_true",
                    help="write posterior means only, perturbations × genes")
     p.set_defaults(func=cmd_effects)

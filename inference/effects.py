@@ -230,6 +230,15 @@ def condition_draws(model, guide, data, condition, *, num_draws: int = NUM_DRAWS
     """
     if basal not in BASAL_SOURCES:
         raise ValueError(f"basal={basal!r}; use one of {BASAL_SOURCES}")
+    return _cell_means(model, guide, data, condition, num_draws=num_draws, n_cells=n_cells,
+                       artifact=artifact, seed=seed, max_elements=max_elements, basal=basal)[0]
+
+
+def _cell_means(model, guide, data, condition, *, num_draws, n_cells, artifact, seed,
+                max_elements, basal, parts=()) -> np.ndarray:
+    """(1 + len(parts), draws, genes): the mean over all ``n_cells`` generated cells, then over
+    each ``(start, stop)`` range of them (disjoint ranges are independent sets of cells that
+    share the draw's globals)."""
     if basal == "abducted" and getattr(data, "is_stand_in", False):
         raise CradleInputError(
             "ATEs over the screen's own cells (basal='abducted', the default) need the training "
@@ -250,8 +259,10 @@ def condition_draws(model, guide, data, condition, *, num_draws: int = NUM_DRAWS
             cells, lib, lib_dosage = data.batch(picked, device=model.device), None, None
         x = generate(model, guide, n_cells, dosage=condition, artifact=artifact, library=lib,
                      num_particles=s, names=_names(data), cells=cells, library_dosage=lib_dosage)
-        rows.append(perturbseq_normalise(x).mean(1).cpu().numpy())
-    return np.concatenate(rows)
+        y = perturbseq_normalise(x)
+        rows.append(np.stack([y.mean(1).cpu().numpy()]
+                             + [y[:, a:b].mean(1).cpu().numpy() for a, b in parts]))
+    return np.concatenate(rows, axis=1)
 
 
 @dataclass
@@ -312,9 +323,13 @@ class PosteriorATE:
         return long
 
 
+INTERVAL_KINDS = ("ate", "observed")
+
+
 def posterior_ate(model, guide, data, perturbations, *, num_draws: int = NUM_DRAWS,
                   n_cells: int = N_CELLS, artifact="clean", seed: int = 0,
-                  interval: float = 0.9, basal: str = "abducted") -> PosteriorATE:
+                  interval: float = 0.9, basal: str = "abducted", kind: str = "ate",
+                  observed_cells: dict | None = None) -> PosteriorATE:
     """Posterior of the model ATE of each perturbation (seen or unseen combinations).
 
     For each of ``num_draws`` posterior draws of the globals, ``n_cells``
@@ -327,6 +342,20 @@ def posterior_ate(model, guide, data, perturbations, *, num_draws: int = NUM_DRA
     cells from the prior N(0, I). The spread over draws is the posterior
     uncertainty about the effects and the basal states plus the Monte Carlo
     noise of ``n_cells`` cells; the default number of draws is :data:`NUM_DRAWS`.
+
+    ``kind`` says which quantity the draws (and so the interval) are of:
+
+    - ``"ate"`` (default): the population ATE, the estimand (expected
+      log-normalised expression, count noise and cells averaged out over
+      ``n_cells`` generated cells): a credible interval;
+    - ``"observed"``: the ATE *as observed* from finitely many cells, a
+      predictive interval for comparing with data. ``observed_cells`` maps
+      each perturbation to ``(n_condition, n_control)``, the numbers of cells
+      the observed ATE averages; each draw's value is the mean of
+      ``n_condition`` generated cells under the perturbation minus the mean
+      of ``n_control`` *other* generated control cells, counts sampled, under
+      the same posterior draw of the globals. The mean over draws estimates
+      the same ATE; the interval adds the sampling noise of the finite cells.
 
     Example
     -------
@@ -342,10 +371,35 @@ def posterior_ate(model, guide, data, perturbations, *, num_draws: int = NUM_DRA
         raise ValueError(f"num_draws={num_draws}, n_cells={n_cells}: both must be at least 1")
     if not 0 < interval < 1:
         raise ValueError(f"interval={interval}; a credible mass strictly between 0 and 1")
+    if kind not in INTERVAL_KINDS:
+        raise ValueError(f"kind={kind!r}; use one of {INTERVAL_KINDS}")
     kw = dict(num_draws=num_draws, n_cells=n_cells, artifact=artifact, seed=seed, basal=basal)
-    base = condition_draws(model, guide, data, data.control_label, **kw)
-    draws = np.stack([condition_draws(model, guide, data, p, **kw) - base for p in perturbations])
+    if kind == "ate":
+        base = condition_draws(model, guide, data, data.control_label, **kw)
+        draws = np.stack([condition_draws(model, guide, data, p, **kw) - base
+                          for p in perturbations])
+        return PosteriorATE(draws, list(perturbations), list(data.gene_names), interval)
+    sizes = _observed_sizes(perturbations, observed_cells)
+    kw["n_cells"] = max(n_cells, max(a + b for a, b in sizes))  # room for disjoint cell sets
+    if basal not in BASAL_SOURCES:
+        raise ValueError(f"basal={basal!r}; use one of {BASAL_SOURCES}")
+    control = _cell_means(model, guide, data, data.control_label, max_elements=20_000_000,
+                          parts=[(a, a + b) for a, b in sizes], **kw)
+    draws = np.stack([
+        _cell_means(model, guide, data, p, max_elements=20_000_000, parts=[(0, a)], **kw)[1]
+        - control[1 + i] for i, (p, (a, b)) in enumerate(zip(perturbations, sizes))])
     return PosteriorATE(draws, list(perturbations), list(data.gene_names), interval)
+
+
+def _observed_sizes(perturbations, observed_cells) -> list:
+    if not observed_cells or any(p not in observed_cells for p in perturbations):
+        missing = [p for p in perturbations if p not in (observed_cells or {})]
+        raise ValueError(f"kind='observed' needs observed_cells[p] = (n_condition, n_control) "
+                         f"for every perturbation; missing {missing[:5]}")
+    sizes = [tuple(int(v) for v in observed_cells[p]) for p in perturbations]
+    if any(a < 1 or b < 1 for a, b in sizes):
+        raise ValueError(f"observed_cells: every count must be at least 1, got {sizes}")
+    return sizes
 
 
 def model_ate(model, guide, data, perturbations, *, num_draws: int = NUM_DRAWS,

@@ -1,0 +1,92 @@
+"""Coverage of the two interval kinds on Norman's held-out doubles.
+
+Official split (all five eligible doubles held out, as ``norman_unseen_combinations.py``),
+``cradle`` at the default training settings, 3 seeds. For each held-out double the observed ATE
+is the mean of its clean test cells minus the mean of the screen's clean control cells
+(log2 CP10k). Against it, at the default 200 posterior draws:
+
+- ``ate``: the credible interval of the population ATE (the estimand);
+- ``observed``: the predictive interval of an ATE observed from as many cells as the observed
+  one averages (``posterior_ate(kind="observed")``).
+
+Coverage of the 90 % intervals is reported over all genes, over expressed genes (a count in
+some cell of the screen; 250 of Norman's 500 genes have none) and over each double's 20 genes
+of largest |observed ATE| (chosen on the same cells, so the winner's curse works against it).
+The control cells overlap the training cells: this checks the model's predictive distribution,
+not the equal-terms protocol of issue 26.
+
+Run: python benchmarks/interval_kinds.py [--seeds 0,1,2]  →  benchmarks/results/interval_kinds.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+NORMAN = ROOT.parent / "shared" / "data" / "norman2019_k562_crispra_subset.h5ad"
+OUT = ROOT / "benchmarks" / "results" / "interval_kinds.json"
+
+
+def coverage(post, observed, genes) -> dict:
+    inside = (post.lower.to_numpy() <= observed) & (observed <= post.upper.to_numpy())
+    top = np.argsort(-np.abs(observed), axis=1)[:, :20]
+    return {"all_genes": float(inside.mean()),
+            "expressed_genes": float(inside[:, genes].mean()),
+            "top20_genes": float(np.take_along_axis(inside, top, 1).mean()),
+            "mean_width_expressed": float((post.upper - post.lower).to_numpy()[:, genes].mean())}
+
+
+def main():
+    import anndata as ad
+    import torch
+
+    from cradle_pyro import PerturbationData
+    from cradle_pyro.inference import TrainConfig, fit
+    from cradle_pyro.inference.effects import clean_mask, data_ate, posterior_ate
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    adata = ad.read_h5ad(NORMAN)
+    report = {"commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                       capture_output=True, text=True).stdout.strip(),
+              "settings": {"model": "cradle", "train": "TrainConfig() defaults",
+                           "num_draws": 200, "n_cells": 500, "interval": 0.9,
+                           "threads": args.threads},
+              "seeds": {}}
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        data = PerturbationData.from_anndata(adata, "perturbation", "control",
+                                             split="unseen-combinations", heldout_fraction=1.0,
+                                             seed=seed)
+        run = fit(data, TrainConfig(seed=seed, progress=False))
+        held = sorted({c for c, s in zip(data.conditions, data.split) if s == "test"
+                       and data.separator in c})
+        observed = data_ate(data, held, split="test", clean_only=True).to_numpy()
+        conditions, clean = np.asarray(data.conditions), clean_mask(data)
+        sizes = {p: (int((clean & (conditions == p) & (data.split == "test")).sum()),
+                     int((clean & (conditions == data.control_label)).sum())) for p in held}
+        expressed = np.asarray(data.counts.sum(0)).ravel() > 0
+        result = {"held_out": held, "cells": sizes}
+        for kind in ("ate", "observed"):
+            post = posterior_ate(run.model, run.guide, data, held, seed=seed, kind=kind,
+                                 observed_cells=sizes if kind == "observed" else None)
+            result[kind] = coverage(post, observed, expressed)
+        report["seeds"][str(seed)] = result
+        print(seed, {k: result[k] for k in ("ate", "observed")}, flush=True)
+    for kind in ("ate", "observed"):
+        report[f"mean_{kind}"] = {m: float(np.mean([r[kind][m] for r in report["seeds"].values()]))
+                                  for m in ("all_genes", "expressed_genes", "top20_genes")}
+    OUT.write_text(json.dumps(report, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if k.startswith("mean")}, indent=2))
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
