@@ -40,6 +40,7 @@ SUITES = {
                  ]),
     "calibration": ("whether intervals cover at their nominal rate", [
         ("sbc.py", ["sbc.json"]),
+        ("interval_kinds.py", ["interval_kinds.json"]),
         ("simulator_effects.py", ["simulator_effects.json"]),
         ("papalexi_diagnostics.py", ["papalexi"]),
     ]),

@@ -76,7 +76,12 @@ on simulated screens, whose basal states cluster, that was less accurate
 
 A run trained with --members K is an ensemble: the draws are shared among its
 K members and the interval mixes their posteriors (one run's guide alone is
-overconfident; see the README's "Ensembles").""",
+overconfident; see docs/queries.md and "Ensembles" in docs/measurements.md).
+
+--interval-kind observed gives predictive intervals for the ATE as observed from
+finitely many cells (by default as many clean cells of each condition and of control
+as the screen holds; --observed-cells N,M to choose): use them to compare with data.
+The default, ate, is the credible interval of the population ATE.""",
     "interactions": """examples:
   cradle-pyro interactions runs/cradle --pairs "P0+P1,P2+P3" --out pairs.csv --figure pairs.png
   cradle-pyro interactions runs/cradle --pairs pairs.txt --out pairs.csv --genes-out genes.csv

@@ -241,6 +241,9 @@ CASES = [
     ("train {screen} --no-doublets --epochs 1 --out {root} --overwrite", "holds other files"),
     # labels
     ("effects {run} --perturbations P0+P0 --out {root}/ate.csv", "names target 'P0' twice"),
+    (E + " --interval-kind observed --observed-cells 5", "must be two positive whole numbers"),
+    (E + " --interval-kind observed --observed-cells 5,0", "must be two positive whole numbers"),
+    (E + " --interval-kind credible", "invalid choice"),
     ("effects {run} --perturbations P0+ --out {root}/ate.csv", "has an empty part"),
     ("effects {run} --perturbations P0,P0 --out {root}/ate.csv", "names 'P0' twice"),
     ("effects {run} --perturbations-file {root}/nope.txt --out {root}/ate.csv", "cannot read"),
