@@ -72,7 +72,8 @@ class PosteriorInteraction(PosteriorATE):
 
     def to_long(self) -> pd.DataFrame:
         """One row per (pair, gene): the ATE table's columns (``perturbation`` is the pair)
-        and ``prob_beyond``, the posterior probability that the interaction exceeds ``gene_tau`` in absolute value."""
+        and ``prob_beyond``, the posterior probability that the interaction exceeds
+        ``gene_tau`` in absolute value."""
         long = super().to_long()
         long["prob_beyond"] = (np.abs(self.draws) > self.gene_tau).mean(1).ravel()
         long["gene_tau"] = self.gene_tau
