@@ -39,6 +39,7 @@ from cradle_pyro.progress import Progress, format_seconds
 from cradle_pyro.validation import check_choice, check_fields
 
 from .objective import ALIGNMENT_WEIGHTINGS, CradleELBO
+from .outputs import atomic_file
 from .seeding import _rng_state, _set_rng_state
 from .selection import SELECT, ValidationEffects
 
@@ -198,11 +199,10 @@ def load_tensors(path, device="cpu"):
 
 
 def atomic_save(obj, path: Path):
-    """torch.save to a temporary file, then rename: a killed run never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save through :func:`~cradle_pyro.inference.outputs.atomic_file`: a killed run
+    never leaves half a file."""
+    with atomic_file(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _distributed():
