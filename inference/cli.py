@@ -348,8 +348,7 @@ def cmd_train(args):
             raise Interrupted(_train_interrupted(args, out, ckpt_dir, replacing, tc.epochs)) from None
         except OSError as err:  # disk full, permissions: say what is left and how to go on
             raise CradleInputError(describe_os_error(err) + "; " + _train_interrupted(
-                args, out, ckpt_dir, replacing, tc.epochs).replace("interrupted", "stopped", 1)
-            ) from None
+                args, out, ckpt_dir, replacing, tc.epochs, verb="stopped")) from None
         finally:
             if replacing:
                 shutil.rmtree(pending, ignore_errors=True)
@@ -360,23 +359,24 @@ def cmd_train(args):
              if opts["members"] > 1 else ""))
 
 
-def _train_interrupted(args, out: Path, ckpt_dir: Path, replacing: bool, epochs: int) -> str:
-    """What an interrupted training left, and how to go on."""
+def _train_interrupted(args, out: Path, ckpt_dir: Path, replacing: bool, epochs: int,
+                       verb: str = "interrupted") -> str:
+    """What a training that ended early (``verb``) left, and how to go on."""
     if (out / "config.json").exists() and not replacing and not args.resume:
-        return f"interrupted while training ensemble members; the first run is saved in {args.out}"
+        return f"{verb} while training ensemble members; the first run is saved in {args.out}"
     if replacing:
-        return f"interrupted; {args.out!r} still holds what it held before (nothing was replaced)"
+        return f"{verb}; {args.out!r} still holds what it held before (nothing was replaced)"
     ckpt = ckpt_dir / "checkpoint.pt"
     if ckpt.exists():
         from .train import load_tensors
 
         done = int(load_tensors(ckpt)["epoch"]) + 1
-        return (f"interrupted after epoch {done} of {epochs}; the same command with --resume "
+        return (f"{verb} after epoch {done} of {epochs}; the same command with --resume "
                 f"continues from epoch {done}")
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     with contextlib.suppress(OSError):
         out.rmdir()  # only if empty: nothing of this training was kept
-    return "interrupted before the first epoch ended; nothing was saved"
+    return f"{verb} before the first epoch ended; nothing was saved"
 
 
 def cmd_cross_validate(args):
@@ -1003,16 +1003,15 @@ def main(argv=None):
     prefix = f"cradle-pyro {args.command}: "
     shown = warnings.formatwarning
     warnings.formatwarning = lambda message, *rest, **kw: f"{prefix}warning: {message}\n"
-    quiet = warnings.catch_warnings()
-    quiet.__enter__()
-    for message in QUIETED:  # said better by the library's own one-line error
-        warnings.filterwarnings("ignore", message=message)
     try:
-        if args.command in OUTPUTS:
-            _check_outputs(args)
-        if getattr(args, "threads", None):
-            torch.set_num_threads(args.threads)
-        args.func(args)
+        with warnings.catch_warnings():
+            for message in QUIETED:  # said better by the library's own one-line error
+                warnings.filterwarnings("ignore", message=message)
+            if args.command in OUTPUTS:
+                _check_outputs(args)
+            if getattr(args, "threads", None):
+                torch.set_num_threads(args.threads)
+            args.func(args)
     except (CradleInputError, FileNotFoundError) as err:
         text = str(err) if isinstance(err, CradleInputError) else describe_os_error(err)
         print(prefix + "error: " + speak_cli(text.replace("\n", " "), argv), file=sys.stderr)
@@ -1028,7 +1027,6 @@ def main(argv=None):
         return 130
     finally:
         torch.set_num_threads(threads)  # in-process callers keep their own setting
-        quiet.__exit__(None, None, None)
         warnings.formatwarning = shown
     return 0
 

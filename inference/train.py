@@ -356,7 +356,8 @@ def _fit(
     resume: bool = False,
 ) -> TrainedRun:
     """The body of :func:`fit` (which sets and restores the thread count)."""
-    tc = (train_config or TrainConfig()).for_cells(len(data.indices("train")))
+    n_train = len(data.indices("train"))
+    tc = (train_config or TrainConfig()).for_cells(n_train)
     mc = model_config or (model.config if model is not None else ModelConfig())
     device = _resolve_device(tc.device)
     pyro.set_rng_seed(tc.seed)
@@ -375,7 +376,7 @@ def _fit(
     with torch.no_grad():
         objective(model, guide, **next(data.batches("train", tc.batch_size, seed=tc.seed,
                                                     device=device)).model_kwargs())
-    initial_loss = objective.last_terms["loss"] / len(data.indices("train"))
+    initial_loss = objective.last_terms["loss"] / n_train
     optimizer = torch.optim.AdamW(_parameters(model, guide), lr=tc.lr, weight_decay=tc.weight_decay)
     rank, world = _distributed()
     if world > 1:
@@ -405,11 +406,10 @@ def _fit(
     if ckpt_path is not None and rank == 0:
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
 
-    chosen = (f" (chosen from {len(data.indices('train')):,} training cells; --epochs to set)"
+    chosen = (f" (chosen from {n_train:,} training cells; --epochs to set)"
               if tc.epochs_auto else "")
     bar = Progress(tc.epochs, f"train {mc.model}", enabled=tc.progress and rank == 0,
                    initial=start, unit="epoch")
-    n_train = len(data.indices("train"))
     # the reference for an exploding loss: the untrained model's, or the best epoch's
     best_train = min([initial_loss] + [h["loss"] for h in history])
     epoch, halvings = start, 0
