@@ -47,7 +47,8 @@ def main():
 
     from cradle_pyro import PerturbationData
     from cradle_pyro.inference import TrainConfig, fit
-    from cradle_pyro.inference.effects import clean_mask, data_ate, posterior_ate
+    from cradle_pyro.inference.effects import data_ate, posterior_ate
+    from cradle_pyro.inference.scoring import observed_cell_counts
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2")
@@ -69,9 +70,7 @@ def main():
         held = sorted({c for c, s in zip(data.conditions, data.split) if s == "test"
                        and data.separator in c})
         observed = data_ate(data, held, split="test", clean_only=True).to_numpy()
-        conditions, clean = np.asarray(data.conditions), clean_mask(data)
-        sizes = {p: (int((clean & (conditions == p) & (data.split == "test")).sum()),
-                     int((clean & (conditions == data.control_label)).sum())) for p in held}
+        sizes = observed_cell_counts(data, held, split="test")
         expressed = np.asarray(data.counts.sum(0)).ravel() > 0
         result = {"held_out": held, "cells": sizes}
         for kind in ("ate", "observed"):

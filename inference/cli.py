@@ -19,7 +19,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from cradle_pyro.config import LIKELIHOODS, MODELS, ModelConfig
@@ -445,19 +444,12 @@ def observed_cell_counts(data, perts, given=None) -> dict:
             raise CradleInputError(f"--observed-cells {given!r} must be two positive whole "
                                    "numbers N,M: cells of the condition, control cells")
         return {p: pair for p in perts}
-    from .effects import clean_mask
+    from .scoring import observed_cell_counts as screen_counts
 
     if getattr(data, "is_stand_in", False):
         raise CradleInputError("--interval-kind observed needs the screen's cell counts; pass "
                                "--observed-cells N,M or make the run's training file available")
-    conditions, clean = np.asarray(data.conditions), clean_mask(data)
-    n_control = int((clean & (conditions == data.control_label)).sum())
-    counts = {p: (int((clean & (conditions == p)).sum()), n_control) for p in perts}
-    unmeasured = [p for p, (n, _) in counts.items() if n == 0]
-    if unmeasured:
-        raise CradleInputError(f"{unmeasured[0]!r} has no clean cells in the screen to size an "
-                               "observed ATE by; pass --observed-cells N,M")
-    return counts
+    return screen_counts(data, perts)
 
 
 def cmd_effects(args):

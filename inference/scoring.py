@@ -36,6 +36,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from cradle_pyro.errors import CradleInputError
 from cradle_pyro.splits import targets_of
 
 from .effects import clean_mask, perturbseq_normalise
@@ -63,6 +64,22 @@ def clean_cells(data, condition, split=None, exclude_split=None) -> np.ndarray:
     if exclude_split is not None:
         keep &= data.split != exclude_split
     return np.flatnonzero(keep)
+
+
+def observed_cell_counts(data, perturbations, split=None) -> dict:
+    """Per condition, ``(clean cells of it, clean control cells)``: the cells an observed ATE
+    averages (:func:`~cradle_pyro.inference.effects.data_ate` with ``clean_only=True``; the
+    condition's cells from ``split``, the control's from all splits), the sizes a predictive
+    interval (``posterior_ate(kind="observed")``) needs. Conditions without such cells are
+    refused by name."""
+    n_control = len(clean_cells(data, data.control_label))
+    counts = {p: (len(clean_cells(data, p, split=split)), n_control) for p in perturbations}
+    unmeasured = [p for p, (n, _) in counts.items() if n == 0]
+    if unmeasured:
+        raise CradleInputError(f"{unmeasured[0]!r} has no clean cells in the screen to size an "
+                               "observed ATE by; give the numbers of cells yourself "
+                               "(--observed-cells N,M)")
+    return counts
 
 
 def _mean_expression(data, idx) -> np.ndarray:
@@ -273,5 +290,6 @@ def interactions(predictions: dict, data, combinations, split: str = "test") -> 
 
 
 __all__ = ["SCORE_COLUMNS", "clean_cells", "effect_slope", "held_out_conditions", "interactions",
+           "observed_cell_counts",
            "score_ates",
            "score_pair", "summarise_scores"]
