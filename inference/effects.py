@@ -181,6 +181,7 @@ def sample_cells(model, guide, data, condition: str, n: int = 200, artifact="cle
 
 
 BASAL_SOURCES = ("abducted", "prior")
+MAX_ELEMENTS = 20_000_000  # generated counts held at once: draws are chunked below it
 
 
 def abduction_cells(data, split: str = "train") -> np.ndarray:
@@ -200,7 +201,7 @@ def abduction_cells(data, split: str = "train") -> np.ndarray:
 @keeps_global_rng
 def condition_draws(model, guide, data, condition, *, num_draws: int = NUM_DRAWS,
                     n_cells: int = N_CELLS, artifact="clean", seed: int = 0,
-                    max_elements: int = 20_000_000, basal: str = "abducted") -> np.ndarray:
+                    max_elements: int = MAX_ELEMENTS, basal: str = "abducted") -> np.ndarray:
     """Mean perturbseq-normalised expression under ``condition``, one row per posterior draw.
 
     Each of ``num_draws`` draws of the globals from the guide generates
@@ -228,17 +229,17 @@ def condition_draws(model, guide, data, condition, *, num_draws: int = NUM_DRAWS
     too large, abduction's about 10 % too small
     (``benchmarks/results/basal_source_sim.json``).
     """
-    if basal not in BASAL_SOURCES:
-        raise ValueError(f"basal={basal!r}; use one of {BASAL_SOURCES}")
     return _cell_means(model, guide, data, condition, num_draws=num_draws, n_cells=n_cells,
                        artifact=artifact, seed=seed, max_elements=max_elements, basal=basal)[0]
 
 
 def _cell_means(model, guide, data, condition, *, num_draws, n_cells, artifact, seed,
-                max_elements, basal, parts=()) -> np.ndarray:
+                max_elements=MAX_ELEMENTS, basal="abducted", parts=()) -> np.ndarray:
     """(1 + len(parts), draws, genes): the mean over all ``n_cells`` generated cells, then over
     each ``(start, stop)`` range of them (disjoint ranges are independent sets of cells that
     share the draw's globals)."""
+    if basal not in BASAL_SOURCES:
+        raise ValueError(f"basal={basal!r}; use one of {BASAL_SOURCES}")
     if basal == "abducted" and getattr(data, "is_stand_in", False):
         raise CradleInputError(
             "ATEs over the screen's own cells (basal='abducted', the default) need the training "
@@ -381,12 +382,10 @@ def posterior_ate(model, guide, data, perturbations, *, num_draws: int = NUM_DRA
         return PosteriorATE(draws, list(perturbations), list(data.gene_names), interval)
     sizes = _observed_sizes(perturbations, observed_cells)
     kw["n_cells"] = max(n_cells, max(a + b for a, b in sizes))  # room for disjoint cell sets
-    if basal not in BASAL_SOURCES:
-        raise ValueError(f"basal={basal!r}; use one of {BASAL_SOURCES}")
-    control = _cell_means(model, guide, data, data.control_label, max_elements=20_000_000,
+    control = _cell_means(model, guide, data, data.control_label,
                           parts=[(a, a + b) for a, b in sizes], **kw)
     draws = np.stack([
-        _cell_means(model, guide, data, p, max_elements=20_000_000, parts=[(0, a)], **kw)[1]
+        _cell_means(model, guide, data, p, parts=[(0, a)], **kw)[1]
         - control[1 + i] for i, (p, (a, b)) in enumerate(zip(perturbations, sizes))])
     return PosteriorATE(draws, list(perturbations), list(data.gene_names), interval)
 
