@@ -117,10 +117,7 @@ def _check_pairs(pairs, data) -> list:
         if len(targets) != 2:
             raise CradleInputError(f"{pair!r} is not a pair A{data.separator}B; an interaction "
                                    "is between two targets")
-        unknown = [t for t in targets if t not in data.perturbation_names]
-        if unknown:
-            raise CradleInputError(f"target {unknown[0]!r} of {pair!r} was never observed; known "
-                                   f"targets: {data.perturbation_names[:10]}")
+        data.dosage_of(pair)  # refuses a target the run never saw, naming the known ones
         checked.append(data.separator.join(targets))
     return checked
 
