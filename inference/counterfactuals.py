@@ -58,6 +58,23 @@ def _predict(model_fn, guide_trace, kwargs):
     return site["fn"], site["value"]
 
 
+def _count_law(fn):
+    """(gate or None, scipy's frozen count distribution) of a (possibly Independent-wrapped)
+    Poisson, NB or ZINB: the one place torch's parameters become scipy's (float64)."""
+    from scipy import stats
+
+    base = fn.base_dist if hasattr(fn, "base_dist") else fn
+    numpy = lambda t: t.detach().cpu().double().numpy()  # noqa: E731
+    gate = None
+    if isinstance(base, dist.ZeroInflatedNegativeBinomial):
+        gate, base = numpy(torch.sigmoid(base.gate_logits)), base.base_dist
+    if isinstance(base, dist.NegativeBinomial):  # scipy's p is the success probability
+        return gate, stats.nbinom(numpy(base.total_count), numpy(torch.sigmoid(-base.logits)))
+    if isinstance(base, dist.Poisson):
+        return gate, stats.poisson(numpy(base.rate))
+    raise TypeError(f"no count-noise coupling for {type(base).__name__}")
+
+
 def quantile_counts(fn, u: torch.Tensor) -> torch.Tensor:
     """Counts ``F⁻¹(u)`` of a (possibly Independent-wrapped) count distribution.
 
@@ -66,45 +83,21 @@ def quantile_counts(fn, u: torch.Tensor) -> torch.Tensor:
     counterfactual counts are identical, and elsewhere they move monotonically.
     Poisson, negative binomial and zero-inflated negative binomial.
     """
-    from scipy import stats
-
-    base = fn.base_dist if hasattr(fn, "base_dist") else fn
+    gate, law = _count_law(fn)
     q = u.detach().cpu().double().numpy()
-    if isinstance(base, dist.ZeroInflatedNegativeBinomial):
-        gate = torch.sigmoid(base.gate_logits).detach().cpu().double().numpy()
-        nb = base.base_dist
-        r = nb.total_count.detach().cpu().double().numpy()
-        p = torch.sigmoid(-nb.logits).detach().cpu().double().numpy()
-        # zero with probability gate, else NB: rescale u above the gate
+    if gate is None:
+        out = law.ppf(q)
+    else:  # zero with probability gate, else NB: rescale u above the gate
         inner = np.clip((q - gate) / np.maximum(1 - gate, 1e-12), 0, 1 - 1e-12)
-        out = np.where(q < gate, 0.0, stats.nbinom.ppf(inner, r, p))
-    elif isinstance(base, dist.NegativeBinomial):
-        r = base.total_count.detach().cpu().double().numpy()
-        p = torch.sigmoid(-base.logits).detach().cpu().double().numpy()  # scipy's success prob
-        out = stats.nbinom.ppf(q, r, p)
-    elif isinstance(base, dist.Poisson):
-        out = stats.poisson.ppf(q, base.rate.detach().cpu().double().numpy())
-    else:
-        raise TypeError(f"no quantile coupling for {type(base).__name__}")
+        out = np.where(q < gate, 0.0, law.ppf(inner))
     return torch.as_tensor(np.nan_to_num(out), dtype=torch.float32, device=u.device)
 
 
 def _cdf(fn, k: np.ndarray) -> np.ndarray:
     """P(X <= k) of a (possibly Independent-wrapped) count distribution, float64 (k may be -1)."""
-    from scipy import stats
-
-    base = fn.base_dist if hasattr(fn, "base_dist") else fn
-    numpy = lambda t: t.detach().cpu().double().numpy()  # noqa: E731
-    if isinstance(base, dist.ZeroInflatedNegativeBinomial):
-        gate = numpy(torch.sigmoid(base.gate_logits))
-        nb = base.base_dist
-        inner = stats.nbinom.cdf(k, numpy(nb.total_count), numpy(torch.sigmoid(-nb.logits)))
-        return np.where(k < 0, 0.0, gate + (1 - gate) * inner)  # structural zeros first
-    if isinstance(base, dist.NegativeBinomial):
-        return stats.nbinom.cdf(k, numpy(base.total_count), numpy(torch.sigmoid(-base.logits)))
-    if isinstance(base, dist.Poisson):
-        return stats.poisson.cdf(k, numpy(base.rate))
-    raise TypeError(f"no count-noise abduction for {type(base).__name__}")
+    gate, law = _count_law(fn)
+    inner = law.cdf(k)
+    return inner if gate is None else np.where(k < 0, 0.0, gate + (1 - gate) * inner)
 
 
 def abducted_counts(fn_factual, fn_counterfactual, observed: torch.Tensor) -> torch.Tensor:
