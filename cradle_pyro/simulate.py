@@ -31,6 +31,7 @@ Example
 
 from __future__ import annotations
 
+import itertools
 from types import SimpleNamespace
 
 import anndata as ad
@@ -84,6 +85,7 @@ def simulate_screen(
     direct_scale: float = 0.7,
     keep_expected: bool = False,
     library_effect_scale: float = 0.0,
+    interaction_programmes: bool = False,
     seed: int = 0,
 ) -> ad.AnnData:
     """Simulate a CRISPR screen with known effects and injected artifacts.
@@ -125,6 +127,14 @@ def simulate_screen(
         perturbation that changes how much RNA a cell holds (KLF1 activation
         on Norman). The true ATEs are taken at each condition's libraries;
         ``uns["truth"]["library_effect"]`` holds the shifts (singles).
+    interaction_programmes
+        Genetic interactions of known kind, arising from how the latent
+        programmes act on expression, not from a per-pair term
+        (:func:`_programme_design`). Every pair of singles then has a known kind
+        (``buffering``, ``synergy``, ``epistasis`` or ``additive``), kept in
+        ``uns["truth"]["pairs"]`` and ``uns["truth"]["pair_kind"]``, with the true
+        interaction ``ATE(A+B) − ATE(A) − ATE(B)`` of every pair, measured or not, in
+        ``uns["truth"]["pair_interaction"]``. ``n_interacting`` is then unused.
     n_truth_cells
         Clean cells per condition drawn (common basal states) to compute the
         true average treatment effects in ``uns["truth"]["ate"]``.
@@ -140,8 +150,13 @@ def simulate_screen(
         decoder, interaction combinations and true ATEs (conditions × genes).
     """
     rng = np.random.default_rng(seed)
-    design = _screen_design(rng, n_genes, n_singles, n_combinations, n_interacting, latent_dim,
-                            effect_scale, knockdown, direct_genes, direct_scale)
+    if interaction_programmes:
+        design = _programme_design(rng, n_genes, n_singles, n_combinations, latent_dim,
+                                   effect_scale)
+    else:
+        design = _screen_design(rng, n_genes, n_singles, n_combinations, n_interacting,
+                                latent_dim, effect_scale, knockdown, direct_genes, direct_scale)
+    programme = design.programme if interaction_programmes else (lambda u: u)
     genes, is_mt, conditions = design.genes, design.is_mt, design.conditions
     baseline, decoder, dispersion = design.baseline, design.decoder, design.dispersion
     latent_effect, condition_cis, interacting = (design.latent_effect, design.condition_cis,
@@ -152,8 +167,9 @@ def simulate_screen(
     rest = rng.integers(1, len(conditions), n_cells - n_control)
     cond_idx = rng.permutation(np.concatenate([np.zeros(n_control, int), rest]))
 
-    def expected(cond_rows, z, library):
-        logits = baseline + (z + latent_effect[cond_rows]) @ decoder + condition_cis[cond_rows]
+    def expected(cond_rows, z, library, shift=None):
+        shift = latent_effect[cond_rows] if shift is None else shift
+        logits = baseline + programme(z + shift) @ decoder + condition_cis[cond_rows]
         prop = np.exp(logits - logits.max(1, keepdims=True))
         prop /= prop.sum(1, keepdims=True)
         return library[:, None] * prop
@@ -163,6 +179,8 @@ def simulate_screen(
 
     # basal states cluster (cell-cycle-like states), so doublets of two states stand out
     centres = rng.normal(0.0, 1.5, (n_states, latent_dim))
+    if interaction_programmes:  # programme dims start near their resting point in every state
+        centres[:, :4] *= 0.2
     state = rng.integers(0, n_states, n_cells)
     basal = centres[state] + rng.normal(0.0, 0.6, (n_cells, latent_dim))
     library = library_median * np.exp(rng.normal(0.0, 0.35, n_cells))
@@ -199,6 +217,15 @@ def simulate_screen(
         for c in range(len(conditions))
     ])
     ate = norm_means[1:] - norm_means[0]
+    if interaction_programmes:  # every pair of singles, measured or not
+        pair_ate = np.stack([
+            _perturbseq_norm(_nb(rng, expected(np.zeros(n_truth_cells, int), z_truth, lib_truth,
+                                               design.single_effect[a] + design.single_effect[b]),
+                                 dispersion)).mean(0)
+            for a, b in design.all_pairs]) - norm_means[0]
+        single_ate = {name: ate[i] for i, name in enumerate(singles)}
+        pair_interaction = np.stack([pair_ate[j] - single_ate[singles[a]] - single_ate[singles[b]]
+                                     for j, (a, b) in enumerate(design.all_pairs)])
 
     obs = pd.DataFrame(
         {
@@ -234,9 +261,76 @@ def simulate_screen(
         "library_effect": single_library,
         "seed": seed,
     }
+    if interaction_programmes:
+        adata.uns["truth"].update(
+            pairs=np.array([f"{singles[a]}+{singles[b]}" for a, b in design.all_pairs]),
+            pair_kind=np.array(design.pair_kind), pair_interaction=pair_interaction,
+            single_kind=np.array(design.single_kind))
     adata.uns["control_label"] = "control"
     adata.uns["combination_separator"] = "+"
     return adata
+
+
+PROGRAMME_KINDS = ("buffering", "synergy", "gate", "gated", "linear")
+
+
+def _programme_design(rng, n_genes, n_singles, n_combinations, latent_dim, effect_scale):
+    """A screen whose genetic interactions come from how latent programmes act on expression.
+
+    The decoder reads ``programme(z + effect)`` instead of ``z + effect``: dimension 0
+    saturates (``0.75s·tanh(u/0.75s)``, s the effect scale), dimension 1 switches on past a threshold (``softplus``), and
+    dimension 3 acts only while the gate, dimension 2, is open (``u3·sigmoid(3(u2 + 1))``); the
+    rest are linear. Each single pushes one programme dimension (groups of singles share one)
+    and one random linear dimension, so a pair's kind follows from its singles' groups: two
+    saturating pushes buffer, two threshold pushes are synergistic, a gate closer with a gated
+    push is epistatic (the gated effect vanishes), any other pair is additive up to the
+    normalisation. Measured combinations are a random share of all pairs.
+    """
+    if latent_dim < 6:
+        raise ValueError(f"latent_dim={latent_dim}: programme screens need at least 6 dims")
+    base = _screen_design(rng, n_genes, n_singles, 0, 0, latent_dim, effect_scale, None)
+    base.decoder[:4] *= 1.5  # programmes move more genes than the linear dims
+    s = effect_scale
+    groups = np.array([PROGRAMME_KINDS[i % 5] for i in range(n_singles)], dtype=object)
+    rng.shuffle(groups)
+    push = {"buffering": (0, 1), "synergy": (1, 1), "gate": (2, -1), "gated": (3, 0),
+            "linear": (None, 0)}
+    single_effect = np.zeros((n_singles, latent_dim))
+    for i, kind in enumerate(groups):
+        dim, sign = push[kind]
+        if dim is not None:
+            sign = sign or rng.choice([-1, 1])
+            single_effect[i, dim] = sign * rng.uniform(0.8, 1.2) * s
+        linear = rng.integers(4, latent_dim)
+        single_effect[i, linear] = rng.choice([-1, 1]) * rng.uniform(0.7, 1.3) * s
+    all_pairs = list(itertools.combinations(range(n_singles), 2))
+    kind_of = {("buffering", "buffering"): "buffering", ("synergy", "synergy"): "synergy",
+               ("gate", "gated"): "epistasis", ("gated", "gate"): "epistasis"}
+    pair_kind = [kind_of.get((groups[a], groups[b]), "additive") for a, b in all_pairs]
+    measured = sorted(rng.choice(len(all_pairs), min(n_combinations, len(all_pairs)),
+                                 replace=False))
+    singles = base.singles
+    conditions = (["control"] + singles
+                  + [f"{singles[all_pairs[j][0]]}+{singles[all_pairs[j][1]]}" for j in measured])
+    latent_effect = np.zeros((len(conditions), latent_dim))
+    latent_effect[1:1 + n_singles] = single_effect
+    for row, j in enumerate(measured, start=1 + n_singles):
+        latent_effect[row] = single_effect[all_pairs[j][0]] + single_effect[all_pairs[j][1]]
+
+    def programme(u):
+        out = u.copy()
+        out[..., 0] = 0.75 * s * np.tanh(u[..., 0] / (0.75 * s))
+        out[..., 1] = np.logaddexp(0.0, 2.0 * (u[..., 1] - s)) / 2.0
+        out[..., 3] = u[..., 3] / (1.0 + np.exp(-3.0 * (u[..., 2] + 1.0)))
+        return out
+
+    base.conditions, base.latent_effect = conditions, latent_effect
+    base.condition_cis = np.zeros((len(conditions), n_genes))
+    base.interacting = [conditions[1 + n_singles + r] for r, j in enumerate(measured)
+                        if pair_kind[j] != "additive"]
+    base.single_effect, base.all_pairs, base.pair_kind = single_effect, all_pairs, pair_kind
+    base.single_kind, base.programme = list(groups), programme
+    return base
 
 
 def _screen_design(rng, n_genes, n_singles, n_combinations, n_interacting, latent_dim,

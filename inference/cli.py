@@ -23,6 +23,8 @@ import yaml
 
 from cradle_pyro.config import LIKELIHOODS, MODELS, ModelConfig
 from cradle_pyro.errors import CradleInputError
+from cradle_pyro.progress import Progress
+from cradle_pyro.splits import targets_of
 
 from .outputs import TMP_MARK, check_output, write_csv, write_h5ad
 from .train import TrainConfig
@@ -93,8 +95,10 @@ interval), magnitude, prob_interacting (P(ratio > --tau)), direction (synergy: f
 than additive; buffering: less) with prob_synergy, and for pairs the screen measured
 the observed interaction's magnitude and its r with the prediction. --genes-out
 has one row per (pair, gene) with intervals and P(|interaction| > 0.1).
-"all" asks for every pair of the run's targets: about 8 s per pair at the defaults
-(fewer --num-draws / --n-cells make it faster and noisier).""",
+"all" asks for every pair of the run's targets. The default --estimator batched
+computes all conditions together with the count noise integrated (every pair of 100
+singles at 2,000 genes in minutes on 2 cores: benchmarks/results/screen_queries.json);
+--estimator sampled is the effects command's per-condition estimator.""",
     "sample": """examples:
   cradle-pyro sample runs/cradle --perturbation "P0+P3" --n 200 --artifact clean --out cells.h5ad""",
     "counterfactual": """examples:
@@ -482,15 +486,22 @@ def _requested_pairs(text: str, data) -> list:
 
 
 def cmd_interactions(args):
-    from .interactions import interaction_figure, interaction_posterior
+    from .interactions import ESTIMATORS, interaction_figure, interaction_posterior
     from .run_io import load_members
 
     runs = load_members(args.run, device=args.device)
     pairs = _requested_pairs(args.pairs, runs[0].data)
-    warn_few_draws(args.num_draws)
-    post = interaction_posterior(runs, runs[0].data, pairs, num_draws=args.num_draws,
-                                 n_cells=args.n_cells, seed=args.seed, interval=args.interval,
-                                 tau=args.tau, basal=args.basal)
+    _, default_draws, default_cells = ESTIMATORS[args.estimator]
+    num_draws, n_cells = args.num_draws or default_draws, args.n_cells or default_cells
+    warn_few_draws(num_draws)
+    singles = {t for p in pairs for t in targets_of(p, runs[0].data.control_label,
+                                                     runs[0].data.separator)}
+    bar = Progress(len(pairs) + len(singles) + 1, "conditions", enabled=not args.quiet)
+    post = interaction_posterior(runs, runs[0].data, pairs, estimator=args.estimator,
+                                 num_draws=num_draws, n_cells=n_cells, seed=args.seed,
+                                 interval=args.interval, tau=args.tau, basal=args.basal,
+                                 progress=lambda done: bar.update(done - bar.done))
+    bar.close()
     summary = post.summary()
     write_csv(summary, args.out, index=False)
     if args.genes_out:
@@ -706,7 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name not in ("train", "cross-validate"):  # these take it as TrainConfig.threads
             p.add_argument("--threads", type=POSITIVE_INT, default=None,
                            help="CPU threads for torch (default: torch's own choice)")
-        if name in ("demo", "train", "cross-validate", "evaluate"):
+        if name in ("demo", "train", "cross-validate", "evaluate", "interactions"):
             p.add_argument("--quiet", action="store_true",
                            help="no progress output (on a terminal a live bar; in a log a line "
                                 "every 10 %% with the time left)")
@@ -813,7 +824,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tau", type=POSITIVE, default=0.2,
                    help="interaction size, relative to the additive prediction, that counts "
                         "as interacting (default 0.2)")
-    add_draws_arguments(p)
+    p.add_argument("--estimator", choices=["batched", "sampled"], default="batched",
+                   help="batched (default): the query engine, all conditions at once with the "
+                        "count noise integrated (defaults 64 draws x 32 cells); sampled: the "
+                        "effects command's estimator, a condition at a time (200 x 500)")
+    p.add_argument("--num-draws", type=POSITIVE_INT, default=None,
+                   help="posterior draws of the effects (default: the estimator's)")
+    p.add_argument("--n-cells", type=POSITIVE_INT, default=None,
+                   help="clean cells per draw (default: the estimator's)")
     p.add_argument("--interval", type=MASS, default=0.9, help="mass of the credible intervals")
     add_basal_argument(p)
     p.set_defaults(func=cmd_interactions)

@@ -52,13 +52,14 @@ def fit_ensemble(data, train_config: TrainConfig | None = None, model_config=Non
 
 
 def ensemble_ate(runs, data, perturbations, *, num_draws: int = NUM_DRAWS, seed: int = 0,
-                 interval: float = 0.9, **kwargs) -> PosteriorATE:
+                 interval: float = 0.9, estimator=posterior_ate, **kwargs) -> PosteriorATE:
     """Posterior ATEs under the equal mixture of the runs' posteriors.
 
     ``num_draws`` are shared out as evenly as the members allow (at least one
     each); member ``k`` uses posterior seed ``seed + k``. Other keywords
-    (``n_cells``, ``artifact``, ``basal``) go to
-    :func:`~cradle_pyro.inference.effects.posterior_ate` for every member.
+    (``n_cells``, ``artifact``, ``basal``) go to ``estimator`` for every member:
+    :func:`~cradle_pyro.inference.effects.posterior_ate` (default), or
+    :func:`~cradle_pyro.inference.screen_queries.batched_ate` for many perturbations.
     """
     runs = list(runs)
     if not runs:
@@ -67,9 +68,11 @@ def ensemble_ate(runs, data, perturbations, *, num_draws: int = NUM_DRAWS, seed:
         raise ValueError(f"num_draws={num_draws} is fewer than the {len(runs)} members; "
                          "give each member at least one draw")
     shares = np.diff(np.linspace(0, num_draws, len(runs) + 1).round().astype(int))
-    parts = [posterior_ate(run.model, run.guide, data, perturbations, num_draws=int(n),
-                           seed=seed + k, interval=interval, **kwargs)
+    parts = [estimator(run.model, run.guide, data, perturbations, num_draws=int(n),
+                       seed=seed + k, interval=interval, **kwargs)
              for k, (run, n) in enumerate(zip(runs, shares))]
+    if len(parts) == 1:
+        return parts[0]
     return PosteriorATE(np.concatenate([p.draws for p in parts], axis=1), list(perturbations),
                         list(data.gene_names), interval)
 

@@ -8,7 +8,12 @@ its singles', in the ATE's own units (log2 CP10k)::
 :func:`interaction_posterior` computes it under every posterior draw of the
 globals. The ATEs of A+B, A, B and control come from the same draws, basal
 states and libraries (common random numbers, :func:`~cradle_pyro.inference.effects.posterior_ate`),
-so the difference isolates the interaction rather than Monte Carlo noise. Per
+so the difference isolates the interaction rather than Monte Carlo noise. By
+default the ATEs come from the query engine
+(:func:`~cradle_pyro.inference.screen_queries.batched_ate`: all conditions
+batched, count noise integrated), which answers every pair of a hundred
+singles in minutes. ``estimator="sampled"`` uses the per-condition sampled
+estimator instead. Per
 pair, :meth:`PosteriorInteraction.summary` reads it as a biologist would:
 
 - ``ratio``: the interaction's size over the additive prediction's
@@ -46,11 +51,16 @@ import pandas as pd
 from cradle_pyro.errors import CradleInputError
 from cradle_pyro.splits import targets_of
 
-from .effects import N_CELLS, NUM_DRAWS, PosteriorATE, data_ate
+from .effects import N_CELLS, NUM_DRAWS, PosteriorATE, data_ate, posterior_ate
 from .ensembles import ensemble_ate
+from .screen_queries import ENGINE_CELLS, ENGINE_DRAWS, batched_ate
 
 TAU = 0.2  # an interaction a fifth the size of the additive prediction is worth a look
 GENE_TAU = 0.1  # per gene, in log2 CP10k: a tenth of a log2 unit
+# estimator name → (ATE function, default draws, default cells per draw)
+ESTIMATORS = {"batched": (batched_ate, ENGINE_DRAWS, ENGINE_CELLS),
+              "sampled": (posterior_ate, NUM_DRAWS, N_CELLS)}
+BLOCK = 256  # pairs summarised at once (bounds the temporaries of a screen-wide query)
 
 
 def all_pairs(data) -> list:
@@ -61,14 +71,26 @@ def all_pairs(data) -> list:
 @dataclass
 class PosteriorInteraction(PosteriorATE):
     """Posterior of ``ATE(A+B) − ATE(A) − ATE(B)`` per pair and gene (draws as in
-    :class:`~cradle_pyro.inference.effects.PosteriorATE`), with the additive
-    prediction's draws beside it (``additive``) and the pairs' observed
-    interactions where the screen measured them (``observed``)."""
+    :class:`~cradle_pyro.inference.effects.PosteriorATE`), with the singles' ATE
+    draws beside it (``singles``; ``pair_index`` gives each pair's two rows, so
+    ``additive`` is their sum) and the pairs' observed interactions where the
+    screen measured them (``observed``)."""
 
-    additive: np.ndarray | None = None
+    singles: np.ndarray | None = None
+    pair_index: np.ndarray | None = None
     observed: pd.DataFrame | None = None
     tau: float = TAU
     gene_tau: float = GENE_TAU
+
+    def additive_block(self, rows) -> np.ndarray:
+        """The additive prediction ``ATE(A) + ATE(B)`` of the pairs at ``rows``, draw by draw."""
+        a, b = self.pair_index[rows].T
+        return self.singles[a] + self.singles[b]
+
+    @property
+    def additive(self) -> np.ndarray:
+        """(pairs, draws, genes): the additive prediction of every pair."""
+        return self.additive_block(slice(None))
 
     def to_long(self) -> pd.DataFrame:
         """One row per (pair, gene): the ATE table's columns (``perturbation`` is the pair)
@@ -81,9 +103,13 @@ class PosteriorInteraction(PosteriorATE):
 
     def summary(self) -> pd.DataFrame:
         """One row per pair, ranked by the posterior probability of interacting."""
-        size = np.linalg.norm(self.draws, axis=-1)
-        ratio = size / np.maximum(np.linalg.norm(self.additive, axis=-1), 1e-12)
-        along = (self.draws * self.additive).sum(-1)  # > 0: further than additive
+        size, ratio, along = (np.empty(self.draws.shape[:2]) for _ in range(3))
+        for start in range(0, len(self.draws), BLOCK):
+            rows = slice(start, start + BLOCK)
+            additive, joint = self.additive_block(rows), self.draws[rows]
+            size[rows] = np.linalg.norm(joint, axis=-1)
+            ratio[rows] = size[rows] / np.maximum(np.linalg.norm(additive, axis=-1), 1e-12)
+            along[rows] = (joint * additive).sum(-1)  # > 0: further than additive
         lo, hi = (1 - self.interval) / 2, (1 + self.interval) / 2
         table = pd.DataFrame({
             "pair": list(self.perturbations),
@@ -133,23 +159,42 @@ def observed_interactions(data, pairs) -> pd.DataFrame:
         p, data.control_label, data.separator)) for p in measured}).T
 
 
-def interaction_posterior(runs, data, pairs, *, num_draws: int = NUM_DRAWS, n_cells: int = N_CELLS,
+def interaction_posterior(runs, data, pairs, *, estimator: str = "batched",
+                          num_draws: int | None = None, n_cells: int | None = None,
                           seed: int = 0, interval: float = 0.9, tau: float = TAU,
-                          basal: str = "abducted") -> PosteriorInteraction:
-    """The posterior interaction of each pair (``runs``: one run or an ensemble's members)."""
+                          basal: str = "abducted", progress=None) -> PosteriorInteraction:
+    """The posterior interaction of each pair (``runs``: one run or an ensemble's members).
+
+    ``estimator`` picks how the ATEs are computed: ``"batched"`` (default, the
+    query engine; ``num_draws``/``n_cells`` default to its
+    :data:`~cradle_pyro.inference.screen_queries.ENGINE_DRAWS` ×
+    :data:`~cradle_pyro.inference.screen_queries.ENGINE_CELLS`) or
+    ``"sampled"`` (:func:`~cradle_pyro.inference.effects.posterior_ate`,
+    :data:`~cradle_pyro.inference.effects.NUM_DRAWS` ×
+    :data:`~cradle_pyro.inference.effects.N_CELLS`). ``progress`` (batched
+    only) is called with the number of conditions done.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator={estimator!r}; use one of {list(ESTIMATORS)}")
+    fn, default_draws, default_cells = ESTIMATORS[estimator]
+    extra = {"progress": progress} if estimator == "batched" else {}
     runs = list(runs) if isinstance(runs, (list, tuple)) else [runs]
     pairs = _check_pairs(pairs, data)
-    singles = sorted({t for p in pairs for t in targets_of(p, data.control_label, data.separator)})
-    post = ensemble_ate(runs, data, pairs + singles, num_draws=num_draws, n_cells=n_cells,
-                        seed=seed, interval=interval, basal=basal)
-    row = {p: i for i, p in enumerate(post.perturbations)}
-    additive = np.stack([sum(post.draws[row[t]] for t in targets_of(p, data.control_label,
-                                                                     data.separator))
-                         for p in pairs])
-    joint = np.stack([post.draws[row[p]] for p in pairs])
-    return PosteriorInteraction(joint - additive, pairs, list(data.gene_names), interval,
-                                additive=additive, observed=observed_interactions(data, pairs),
-                                tau=tau)
+    targets = [targets_of(p, data.control_label, data.separator) for p in pairs]
+    singles = sorted({t for pair in targets for t in pair})
+    post = ensemble_ate(runs, data, pairs + singles, num_draws=num_draws or default_draws,
+                        n_cells=n_cells or default_cells, seed=seed, interval=interval,
+                        basal=basal, estimator=fn, **extra)
+    row = {t: i for i, t in enumerate(singles)}
+    index = np.array([[row[a], row[b]] for a, b in targets], dtype=int)
+    joint, single_draws = post.draws[:len(pairs)], post.draws[len(pairs):]  # views, no copies
+    result = PosteriorInteraction(joint, pairs, list(data.gene_names), interval,
+                                  singles=single_draws, pair_index=index,
+                                  observed=observed_interactions(data, pairs), tau=tau)
+    for start in range(0, len(pairs), BLOCK):  # in place: the joint ATE becomes the interaction
+        rows = slice(start, start + BLOCK)
+        joint[rows] -= result.additive_block(rows)
+    return result
 
 
 def interaction_figure(summary: pd.DataFrame, path, top: int = 30):
