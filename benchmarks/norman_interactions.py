@@ -10,7 +10,7 @@ default settings on the rest.
 Per double and gene, against the observed interaction:
 
 - ``cradle``: the posterior mean interaction from ``interaction_posterior`` (the batched query
-  engine, its default 64 draws × 32 cells; and the sampled estimator at 200 × 500);
+  engine at its defaults, 200 draws × 8 cells; and the sampled estimator at 200 × 500);
 - ``no interaction``: 0 everywhere, the field's bar (Ahlmann-Eltze et al. 2025);
 - ``ceiling``: the observed interaction's own noise. Each of the four groups of cells is
   halved, and the two half-interactions give a split-half reliability (Spearman-Brown) for r.
@@ -136,7 +136,7 @@ def main():
                             capture_output=True, text=True).stdout.strip()
     report = {"commit": commit, "data": NORMAN.name, "threads": args.threads,
               "settings": {"train": "TrainConfig() defaults, seed varies",
-                           "engine": "interaction_posterior defaults (batched, 64 draws x 32 cells)",
+                           "engine": "interaction_posterior defaults (batched, 200 draws x 8 cells)",
                            "sampled": "200 draws x 500 cells"},
               "seeds": {}}
     for seed in [int(s) for s in args.seeds.split(",")]:

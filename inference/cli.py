@@ -24,7 +24,6 @@ import yaml
 from cradle_pyro.config import LIKELIHOODS, MODELS, ModelConfig
 from cradle_pyro.errors import CradleInputError
 from cradle_pyro.progress import Progress
-from cradle_pyro.splits import targets_of
 
 from .outputs import TMP_MARK, check_output, write_csv, write_h5ad
 from .train import TrainConfig
@@ -486,7 +485,8 @@ def _requested_pairs(text: str, data) -> list:
 
 
 def cmd_interactions(args):
-    from .interactions import ESTIMATORS, interaction_figure, interaction_posterior
+    from .interactions import (ESTIMATORS, conditions_computed, interaction_figure,
+                               interaction_posterior)
     from .run_io import load_members
 
     runs = load_members(args.run, device=args.device)
@@ -494,9 +494,8 @@ def cmd_interactions(args):
     _, default_draws, default_cells = ESTIMATORS[args.estimator]
     num_draws, n_cells = args.num_draws or default_draws, args.n_cells or default_cells
     warn_few_draws(num_draws)
-    singles = {t for p in pairs for t in targets_of(p, runs[0].data.control_label,
-                                                     runs[0].data.separator)}
-    bar = Progress(len(pairs) + len(singles) + 1, "conditions", enabled=not args.quiet)
+    total = conditions_computed(pairs, num_draws, runs[0].data.n_genes, runs[0].data.separator)
+    bar = Progress(total, "conditions", enabled=not args.quiet)
     post = interaction_posterior(runs, runs[0].data, pairs, estimator=args.estimator,
                                  num_draws=num_draws, n_cells=n_cells, seed=args.seed,
                                  interval=args.interval, tau=args.tau, basal=args.basal,
@@ -826,7 +825,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "as interacting (default 0.2)")
     p.add_argument("--estimator", choices=["batched", "sampled"], default="batched",
                    help="batched (default): the query engine, all conditions at once with the "
-                        "count noise integrated (defaults 64 draws x 32 cells); sampled: the "
+                        "count noise integrated (defaults 200 draws x 8 cells each); sampled: the "
                         "effects command's estimator, a condition at a time (200 x 500)")
     p.add_argument("--num-draws", type=POSITIVE_INT, default=None,
                    help="posterior draws of the effects (default: the estimator's)")

@@ -51,7 +51,7 @@ import pandas as pd
 from cradle_pyro.errors import CradleInputError
 from cradle_pyro.splits import targets_of
 
-from .effects import N_CELLS, NUM_DRAWS, PosteriorATE, data_ate, posterior_ate
+from .effects import N_CELLS, NUM_DRAWS, data_ate, posterior_ate
 from .ensembles import ensemble_ate
 from .screen_queries import ENGINE_CELLS, ENGINE_DRAWS, batched_ate
 
@@ -60,7 +60,8 @@ GENE_TAU = 0.1  # per gene, in log2 CP10k: a tenth of a log2 unit
 # estimator name → (ATE function, default draws, default cells per draw)
 ESTIMATORS = {"batched": (batched_ate, ENGINE_DRAWS, ENGINE_CELLS),
               "sampled": (posterior_ate, NUM_DRAWS, N_CELLS)}
-BLOCK = 256  # pairs summarised at once (bounds the temporaries of a screen-wide query)
+BLOCK_ELEMENTS = 20_000_000  # draws × genes × pairs computed at once
+KEEP_ELEMENTS = 50_000_000  # keep every draw (``draws``, ``additive``) up to this size by default
 
 
 def all_pairs(data) -> list:
@@ -69,47 +70,63 @@ def all_pairs(data) -> list:
 
 
 @dataclass
-class PosteriorInteraction(PosteriorATE):
-    """Posterior of ``ATE(A+B) − ATE(A) − ATE(B)`` per pair and gene (draws as in
-    :class:`~cradle_pyro.inference.effects.PosteriorATE`), with the singles' ATE
-    draws beside it (``singles``; ``pair_index`` gives each pair's two rows, so
-    ``additive`` is their sum) and the pairs' observed interactions where the
-    screen measured them (``observed``)."""
+class PosteriorInteraction:
+    """Posterior of ``ATE(A+B) − ATE(A) − ATE(B)`` per pair and gene.
 
-    singles: np.ndarray | None = None
-    pair_index: np.ndarray | None = None
+    Pairs are computed in blocks and reduced as they come, so a screen-wide
+    query never holds every draw: per pair and gene the posterior mean, the
+    central ``interval`` and the probabilities (``gene_stats``), and per pair
+    and draw the interaction's size, its size over the additive prediction's
+    and its projection on it (``pair_draws``). ``draws`` and ``additive``
+    (pairs × draws × genes) are kept when asked for (``keep_draws``; by default
+    up to :data:`KEEP_ELEMENTS` values). ``observed`` holds the screen's own
+    interaction for the pairs it measured.
+    """
+
+    perturbations: list
+    genes: list
+    interval: float
+    gene_stats: dict
+    pair_draws: dict
+    draws: np.ndarray | None = None
+    additive: np.ndarray | None = None
     observed: pd.DataFrame | None = None
     tau: float = TAU
     gene_tau: float = GENE_TAU
 
-    def additive_block(self, rows) -> np.ndarray:
-        """The additive prediction ``ATE(A) + ATE(B)`` of the pairs at ``rows``, draw by draw."""
-        a, b = self.pair_index[rows].T
-        return self.singles[a] + self.singles[b]
+    def _frame(self, values) -> pd.DataFrame:
+        return pd.DataFrame(values, index=list(self.perturbations), columns=list(self.genes))
 
     @property
-    def additive(self) -> np.ndarray:
-        """(pairs, draws, genes): the additive prediction of every pair."""
-        return self.additive_block(slice(None))
+    def mean(self) -> pd.DataFrame:
+        """Posterior mean interaction (pairs × genes)."""
+        return self._frame(self.gene_stats["mean"])
+
+    @property
+    def lower(self) -> pd.DataFrame:
+        return self._frame(self.gene_stats["lower"])
+
+    @property
+    def upper(self) -> pd.DataFrame:
+        return self._frame(self.gene_stats["upper"])
 
     def to_long(self) -> pd.DataFrame:
-        """One row per (pair, gene): the ATE table's columns (``perturbation`` is the pair)
-        and ``prob_beyond``, the posterior probability that the interaction exceeds
-        ``gene_tau`` in absolute value."""
-        long = super().to_long()
-        long["prob_beyond"] = (np.abs(self.draws) > self.gene_tau).mean(1).ravel()
+        """One row per (pair, gene): ``perturbation`` (the pair), ``gene``, ``mean``, ``lower``,
+        ``upper``, ``prob_increase``, ``prob_decrease``, ``interval``, and ``prob_beyond``,
+        the posterior probability that the interaction exceeds ``gene_tau`` in absolute
+        value."""
+        names = ["mean", "lower", "upper", "prob_increase", "prob_decrease"]
+        long = pd.concat({k: self._frame(self.gene_stats[k]).stack() for k in names}, axis=1)
+        long.index.names = ["perturbation", "gene"]
+        long = long.reset_index()
+        long["interval"] = self.interval
+        long["prob_beyond"] = self.gene_stats["prob_beyond"].ravel()
         long["gene_tau"] = self.gene_tau
         return long
 
     def summary(self) -> pd.DataFrame:
         """One row per pair, ranked by the posterior probability of interacting."""
-        size, ratio, along = (np.empty(self.draws.shape[:2]) for _ in range(3))
-        for start in range(0, len(self.draws), BLOCK):
-            rows = slice(start, start + BLOCK)
-            additive, joint = self.additive_block(rows), self.draws[rows]
-            size[rows] = np.linalg.norm(joint, axis=-1)
-            ratio[rows] = size[rows] / np.maximum(np.linalg.norm(additive, axis=-1), 1e-12)
-            along[rows] = (joint * additive).sum(-1)  # > 0: further than additive
+        size, ratio, along = (self.pair_draws[k] for k in ("size", "ratio", "along"))
         lo, hi = (1 - self.interval) / 2, (1 + self.interval) / 2
         table = pd.DataFrame({
             "pair": list(self.perturbations),
@@ -127,6 +144,20 @@ class PosteriorInteraction(PosteriorATE):
         table["tau"] = self.tau
         return table.sort_values(["prob_interacting", "ratio"], ascending=False,
                                  ignore_index=True)
+
+
+def _reduce(joint, additive, interval, gene_tau) -> tuple:
+    """Per-gene and per-draw statistics of the interaction draws of a block of pairs."""
+    inter = joint - additive
+    lo, hi = np.quantile(inter, [(1 - interval) / 2, (1 + interval) / 2], axis=1)
+    genes = {"mean": inter.mean(1), "lower": lo, "upper": hi,
+             "prob_increase": (inter > 0).mean(1), "prob_decrease": (inter < 0).mean(1),
+             "prob_beyond": (np.abs(inter) > gene_tau).mean(1)}
+    size = np.linalg.norm(inter, axis=-1)
+    draws = {"size": size,
+             "ratio": size / np.maximum(np.linalg.norm(additive, axis=-1), 1e-12),
+             "along": (inter * additive).sum(-1)}  # > 0: further than additive
+    return inter, genes, draws
 
 
 def _pearson(a, b) -> float:
@@ -162,7 +193,8 @@ def observed_interactions(data, pairs) -> pd.DataFrame:
 def interaction_posterior(runs, data, pairs, *, estimator: str = "batched",
                           num_draws: int | None = None, n_cells: int | None = None,
                           seed: int = 0, interval: float = 0.9, tau: float = TAU,
-                          basal: str = "abducted", progress=None) -> PosteriorInteraction:
+                          gene_tau: float = GENE_TAU, basal: str = "abducted",
+                          keep_draws: bool | None = None, progress=None) -> PosteriorInteraction:
     """The posterior interaction of each pair (``runs``: one run or an ensemble's members).
 
     ``estimator`` picks how the ATEs are computed: ``"batched"`` (default, the
@@ -171,30 +203,59 @@ def interaction_posterior(runs, data, pairs, *, estimator: str = "batched",
     :data:`~cradle_pyro.inference.screen_queries.ENGINE_CELLS`) or
     ``"sampled"`` (:func:`~cradle_pyro.inference.effects.posterior_ate`,
     :data:`~cradle_pyro.inference.effects.NUM_DRAWS` ×
-    :data:`~cradle_pyro.inference.effects.N_CELLS`). ``progress`` (batched
-    only) is called with the number of conditions done.
+    :data:`~cradle_pyro.inference.effects.N_CELLS`). The singles are computed
+    once; the pairs follow in blocks with the same seed, so every condition
+    shares the draws and cells (common random numbers). ``progress`` is called
+    with the number of conditions done.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator={estimator!r}; use one of {list(ESTIMATORS)}")
     fn, default_draws, default_cells = ESTIMATORS[estimator]
-    extra = {"progress": progress} if estimator == "batched" else {}
+    num_draws, n_cells = num_draws or default_draws, n_cells or default_cells
     runs = list(runs) if isinstance(runs, (list, tuple)) else [runs]
     pairs = _check_pairs(pairs, data)
     targets = [targets_of(p, data.control_label, data.separator) for p in pairs]
     singles = sorted({t for pair in targets for t in pair})
-    post = ensemble_ate(runs, data, pairs + singles, num_draws=num_draws or default_draws,
-                        n_cells=n_cells or default_cells, seed=seed, interval=interval,
-                        basal=basal, estimator=fn, **extra)
+
+    def ate(conditions):
+        return ensemble_ate(runs, data, conditions, num_draws=num_draws, n_cells=n_cells,
+                            seed=seed, interval=interval, basal=basal, estimator=fn).draws
+
+    single_draws = ate(singles)
     row = {t: i for i, t in enumerate(singles)}
     index = np.array([[row[a], row[b]] for a, b in targets], dtype=int)
-    joint, single_draws = post.draws[:len(pairs)], post.draws[len(pairs):]  # views, no copies
-    result = PosteriorInteraction(joint, pairs, list(data.gene_names), interval,
-                                  singles=single_draws, pair_index=index,
-                                  observed=observed_interactions(data, pairs), tau=tau)
-    for start in range(0, len(pairs), BLOCK):  # in place: the joint ATE becomes the interaction
-        rows = slice(start, start + BLOCK)
-        joint[rows] -= result.additive_block(rows)
-    return result
+    done = len(singles) + 1
+    if progress is not None:
+        progress(done)
+    keep = (keep_draws if keep_draws is not None
+            else len(pairs) * num_draws * data.n_genes <= KEEP_ELEMENTS)
+    block = max(1, BLOCK_ELEMENTS // (num_draws * data.n_genes))
+    genes, per_draw, kept = [], [], []
+    for start in range(0, len(pairs), block):
+        rows = slice(start, start + block)
+        additive = single_draws[index[rows, 0]] + single_draws[index[rows, 1]]
+        inter, g, d = _reduce(ate(pairs[rows]), additive, interval, gene_tau)
+        genes.append(g)
+        per_draw.append(d)
+        if keep:
+            kept.append((inter, additive))
+        done += len(pairs[rows]) + 1  # each block recomputes control for its ATEs
+        if progress is not None:
+            progress(done)
+    return PosteriorInteraction(
+        pairs, list(data.gene_names), interval,
+        gene_stats={k: np.concatenate([g[k] for g in genes]) for k in genes[0]},
+        pair_draws={k: np.concatenate([d[k] for d in per_draw]) for k in per_draw[0]},
+        draws=np.concatenate([i for i, _ in kept]) if keep else None,
+        additive=np.concatenate([a for _, a in kept]) if keep else None,
+        observed=observed_interactions(data, pairs), tau=tau, gene_tau=gene_tau)
+
+
+def conditions_computed(pairs, n_draws: int, n_genes: int, separator: str = "+") -> int:
+    """How many conditions :func:`interaction_posterior` computes for ``pairs`` (for progress)."""
+    singles = {t for p in pairs for t in p.split(separator)}
+    block = max(1, BLOCK_ELEMENTS // (n_draws * n_genes))
+    return len(singles) + 1 + len(pairs) + -(-len(pairs) // block)
 
 
 def interaction_figure(summary: pd.DataFrame, path, top: int = 30):
@@ -218,5 +279,6 @@ def interaction_figure(summary: pd.DataFrame, path, top: int = 30):
     save_figure(fig, path, dpi=110)
 
 
-__all__ = ["PosteriorInteraction", "all_pairs", "interaction_figure", "interaction_posterior",
+__all__ = ["PosteriorInteraction", "all_pairs", "conditions_computed", "interaction_figure",
+           "interaction_posterior",
            "observed_interactions"]

@@ -41,3 +41,18 @@ def test_truth_holds_effects_and_ates(standard_screen):
     assert all((np.abs(truth["latent_effect"][i]) > 0).sum() == 2 for i in singles)
     # perturbed conditions move expression; the ATE is not noise around zero
     assert np.abs(truth["ate"]).max(1).min() > 0.3
+
+
+def test_programme_screens_have_interactions_of_known_kind():
+    adata = simulate_screen(600, 150, n_singles=10, n_combinations=8, interaction_programmes=True,
+                            n_truth_cells=400, seed=3)
+    truth = adata.uns["truth"]
+    kinds, interaction = truth["pair_kind"], truth["pair_interaction"]
+    assert len(truth["pairs"]) == 45 and interaction.shape == (45, 150)
+    assert {"buffering", "synergy", "epistasis", "additive"} <= set(kinds)
+    size = np.linalg.norm(interaction, axis=1)
+    # the mechanisms' pairs interact more than the additive ones, kind by kind
+    for kind in ("buffering", "synergy", "epistasis"):
+        assert size[kinds == kind].mean() > 1.3 * np.median(size[kinds == "additive"]), kind
+    measured = [c for c in adata.obs["perturbation"].cat.categories if "+" in c]
+    assert len(measured) == 8 and set(measured) <= set(truth["pairs"])
