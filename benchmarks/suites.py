@@ -29,6 +29,7 @@ SUITES = {
                      ("norman_unseen_combinations.py", ["norman"]),
                      ("norman_error_sources.py", ["norman_error_sources.json"]),
                      ("posterior_seed_stability.py", ["posterior_seed_stability.json"]),
+                     ("norman_interactions.py", ["norman_interactions.json"]),
                  ]),
     "recovery": ("recovery of known truth on simulated screens, counterfactual cleaning against "
                  "clean twins", [
@@ -37,6 +38,7 @@ SUITES = {
                      ("latent_artifacts.py", ["latent_artifacts_latent.json",
                                               "latent_artifacts_observed.json"]),
                      ("papalexi_artifacts.py", ["papalexi_artifacts.json"]),
+                     ("simulated_interactions.py", ["simulated_interactions.json"]),
                  ]),
     "calibration": ("whether intervals cover at their nominal rate", [
         ("sbc.py", ["sbc.json"]),
@@ -49,6 +51,7 @@ SUITES = {
         ("step_vs_plain.py", ["step_vs_plain.json"]),
         ("ddp_scaling.py", ["ddp_scaling.json"]),
         ("gpu_smoke.py", ["gpu_smoke.json"]),
+        ("screen_queries.py", ["screen_queries.json"]),
     ]),
     "scale": ("memory and time from 10,000 to 1,000,000 cells, and epochs by screen size", [
         ("scale.py", ["scale.json"]),

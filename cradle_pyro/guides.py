@@ -176,7 +176,8 @@ class ArtifactGuide(PyroModule):
 
     def sample_artifact(self, flags, qc, rates):
         """Draw ``artifact`` (inside the ``cells`` plate) given the drawn rates."""
-        return pyro.sample("artifact", self.posterior(flags, qc, *rates))
+        # a cut: the counts must not inform the QC part (so no score-function term for it)
+        return pyro.sample("artifact", self.posterior(flags, qc, *rates), infer={"cut": True})
 
     def mean_rates(self):
         """Posterior means of sensitivity and specificity."""
