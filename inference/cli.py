@@ -85,7 +85,7 @@ The default, ate, is the credible interval of the population ATE.""",
     "interactions": """examples:
   cradle-pyro interactions runs/cradle --pairs "P0+P1,P2+P3" --out pairs.csv --figure pairs.png
   cradle-pyro interactions runs/cradle --pairs pairs.txt --out pairs.csv --genes-out genes.csv
-  cradle-pyro interactions runs/cradle --pairs all --out pairs.csv --num-draws 100
+  cradle-pyro interactions runs/cradle --pairs all --out pairs.csv --figure top_pairs.png
 
 The interaction of A+B on a gene is ATE(A+B) − ATE(A) − ATE(B) (log2 CP10k), under
 every posterior draw, all conditions with common random numbers. --out has one row
