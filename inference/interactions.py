@@ -51,15 +51,12 @@ import pandas as pd
 from cradle_pyro.errors import CradleInputError
 from cradle_pyro.splits import targets_of
 
-from .effects import N_CELLS, NUM_DRAWS, data_ate, posterior_ate
+from .effects import data_ate
 from .ensembles import ensemble_ate
-from .screen_queries import ENGINE_CELLS, ENGINE_DRAWS, batched_ate
+from .screen_queries import ESTIMATORS
 
 TAU = 0.2  # an interaction a fifth the size of the additive prediction is worth a look
 GENE_TAU = 0.1  # per gene, in log2 CP10k: a tenth of a log2 unit
-# estimator name → (ATE function, default draws, default cells per draw)
-ESTIMATORS = {"batched": (batched_ate, ENGINE_DRAWS, ENGINE_CELLS),
-              "sampled": (posterior_ate, NUM_DRAWS, N_CELLS)}
 BLOCK_ELEMENTS = 20_000_000  # draws × genes × pairs computed at once
 KEEP_ELEMENTS = 50_000_000  # keep every draw (``draws``, ``additive``) up to this size by default
 

@@ -47,7 +47,8 @@ from pyro import poutine
 
 from cradle_pyro.likelihoods import NegativeBinomialCounts
 
-from .effects import PosteriorATE, _names, abduction_cells, resample_library
+from .effects import (N_CELLS, NUM_DRAWS, PosteriorATE, _names, abduction_cells, posterior_ate,
+                      resample_library)
 from .interventions import counterfactual_library, dosage_value, intervene
 from .objective import PARTICLE_DIM
 from .seeding import keeps_global_rng
@@ -135,6 +136,11 @@ def batched_ate(model, guide, data, perturbations, *, num_draws: int = ENGINE_DR
     draws = means[1:]
     draws -= means[0]  # in place: the ATE under each draw
     return PosteriorATE(draws, list(perturbations), list(data.gene_names), interval)
+
+
+# estimator name → (ATE function, default draws, default cells per draw)
+ESTIMATORS = {"batched": (batched_ate, ENGINE_DRAWS, ENGINE_CELLS),
+              "sampled": (posterior_ate, NUM_DRAWS, N_CELLS)}
 
 
 def _tile_cells(guide_trace, k: int):
@@ -249,5 +255,5 @@ def _library(trace, lib):
     return node["value"] if node is not None else lib
 
 
-__all__ = ["ENGINE_CELLS", "ENGINE_DRAWS", "batched_ate", "condition_means",
+__all__ = ["ENGINE_CELLS", "ENGINE_DRAWS", "ESTIMATORS", "batched_ate", "condition_means",
            "expected_log_normalised"]

@@ -84,3 +84,13 @@ def test_cli_ranks_pairs_and_refuses_what_is_not_a_pair(small_screen, tmp_path, 
     code = main(["interactions", str(run), "--pairs", names[0], "--out",
                  str(tmp_path / "single.csv")])
     assert code == 2 and "is not a pair" in capsys.readouterr().err
+    # effects through the query engine: the same table layout, many conditions at once
+    ate = tmp_path / "ate.csv"
+    code = main(["effects", str(run), "--perturbations", f"{names[0]}+{names[1]},{names[2]}",
+                 "--estimator", "batched", "--num-draws", "20", "--out", str(ate)])
+    assert code == 0, capsys.readouterr().err
+    table = pd.read_csv(ate)
+    assert len(table) == 2 * data.n_genes and (table["lower"] <= table["upper"]).all()
+    code = main(["effects", str(run), "--perturbations", names[0], "--estimator", "batched",
+                 "--interval-kind", "observed", "--out", str(tmp_path / "obs.csv")])
+    assert code == 2 and "--estimator sampled" in capsys.readouterr().err
