@@ -108,7 +108,9 @@ def main():
         report["results"][setting] = {
             "per_seed": per_seed,
             "mean": {k: float(np.mean([v[k] for v in per_seed.values()])) for k in keys}}
-        OUT.write_text(json.dumps(report, indent=2))
+        summary = {"commit": report["commit"],  # the means first: what a reader checks
+                   "mean": {s: v["mean"] for s, v in report["results"].items()}}
+        OUT.write_text(json.dumps({**summary, **report}, indent=2))
     print(json.dumps({s: v["mean"] for s, v in report["results"].items()}, indent=2))
     print(f"wrote {OUT}")
 
