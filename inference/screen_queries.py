@@ -146,7 +146,8 @@ ESTIMATORS = {"batched": (batched_ate, ENGINE_DRAWS, ENGINE_CELLS),
 def _tile_cells(guide_trace, k: int):
     """A copy of ``guide_trace`` with every per-cell site repeated ``k`` times along the cells."""
     tiled = guide_trace.copy()
-    tiled.remove_node("cells")  # the guide's subsample of the cell plate: the model draws its own
+    if "cells" in tiled.nodes:  # the guide's subsample of the cell plate: the model draws its own
+        tiled.remove_node("cells")
     for name, node in guide_trace.nodes.items():
         if node["type"] != "sample" or not any(f.name == "cells" for f in node["cond_indep_stack"]):
             continue
@@ -210,6 +211,10 @@ def condition_means(model, guide, data, conditions, *, num_draws: int = ENGINE_D
         raise ValueError(f"basal={basal!r}; use 'abducted' or 'prior'")
     with torch.no_grad(), pyro.plate("particles", num_draws, dim=PARTICLE_DIM):
         guide_trace = poutine.trace(guide).get_trace(n_cells=n_cells, **observed)
+        if basal == "prior":  # new cells: basal states drawn once from the model's own prior
+            prior = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+                library=library, n_cells=n_cells)
+            guide_trace.nodes["basal"] = prior.nodes["basal"]
     per_condition = num_draws * n_cells * data.n_genes
     chunk = max(1, min(len(conditions), chunk_elements // max(1, per_condition)))
     out = np.empty((len(conditions), num_draws, data.n_genes), dtype=np.float32)
@@ -239,7 +244,7 @@ def _chunk_means(model, guide_trace, dosages, library, factual_dosage, n_cells, 
     with torch.no_grad(), pyro.plate("particles", num_draws, dim=PARTICLE_DIM):
         trace = poutine.trace(poutine.replay(model_do, trace=tiled)).get_trace(
             counts=blank, library=lib, n_cells=k * n_cells)
-    value = expected_log_normalised(trace.nodes["counts"]["fn"], _library(trace, lib))
+        value = expected_log_normalised(trace.nodes["counts"]["fn"], _library(trace, lib))
     value = value.expand(num_draws, k * n_cells, model.n_genes)
     value = value.reshape(num_draws, k, n_cells, model.n_genes).mean(2)
     return value.transpose(0, 1).cpu().numpy()

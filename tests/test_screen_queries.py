@@ -58,10 +58,11 @@ def trained(small_screen):
     return fit(data, TrainConfig(epochs=5, progress=False, seed=0)), data
 
 
-def test_chunks_change_nothing_and_the_seed_fixes_everything(trained):
+@pytest.mark.parametrize("basal", ["abducted", "prior"])
+def test_chunks_change_nothing_and_the_seed_fixes_everything(trained, basal):
     run, data = trained
     conditions = [data.control_label, *data.condition_names[1:5]]
-    kw = dict(num_draws=6, n_cells=10, seed=3)
+    kw = dict(num_draws=6, n_cells=10, seed=3, basal=basal)
     whole = condition_means(run.model, run.guide, data, conditions, **kw)
     one_by_one = condition_means(run.model, run.guide, data, conditions, chunk_elements=1, **kw)
     assert whole.shape == (len(conditions), 6, data.n_genes) and whole.dtype == np.float32
@@ -87,3 +88,19 @@ def test_same_estimand_as_the_sampled_estimator(trained):
     # the levels agree too: the closed form integrates the same count noise the sampler draws
     # (the sampled estimator's own level moves by about 0.07 between seeds on this screen)
     assert abs(float((engine - sampled).mean())) < 0.1
+
+
+@pytest.mark.parametrize("likelihood", ["poisson", "zinb"])
+def test_other_likelihoods_and_prior_cells(small_screen, likelihood):
+    from cradle_pyro import ModelConfig
+
+    data = PerturbationData.from_anndata(small_screen, doublets=False)
+    run = fit(data, TrainConfig(epochs=2, progress=False, seed=0), ModelConfig(likelihood=likelihood))
+    conditions = [data.control_label, *data.condition_names[1:3]]
+    for basal in ("abducted", "prior"):
+        means = condition_means(run.model, run.guide, data, conditions, num_draws=4, n_cells=6,
+                                basal=basal)
+        assert means.shape == (3, 4, data.n_genes) and np.isfinite(means).all()
+        assert (means >= 0).all() and means.max() < 20  # log2(1e4·x/L + 1) of real cells
+    with pytest.raises(ValueError, match="basal"):
+        condition_means(run.model, run.guide, data, conditions, basal="nowhere")
