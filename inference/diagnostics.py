@@ -128,12 +128,33 @@ def to_arviz(runs, data, *, n_cells: int = 100, num_draws: int = 100, num_inner:
         from arviz_base import from_dict
 
         dims_all = {**dims, **{f"log_likelihood/{k}": v for k, v in log_lik_dims.items()}}
-        return from_dict(groups, coords=coords, dims=dims_all)
+        tree = from_dict(groups, coords=coords, dims=dims_all)
+        tree["posterior"].attrs.update(objective_terms(runs))
+        return tree
     idata = az.from_dict(**{k: v for k, v in groups.items() if k != "log_likelihood"},
                          coords=coords, dims=dims)
     ll = az.from_dict(log_likelihood=groups["log_likelihood"], coords=coords, dims=log_lik_dims)
     idata.extend(ll)
+    idata.posterior.attrs.update(objective_terms(runs))
     return idata
+
+
+OBJECTIVE = "loss = -elbo + beta * alignment + independence * leakage (per training cell)"
+
+
+def objective_terms(runs) -> dict:
+    """The training objective's terms at each run's last epoch, each under its own name.
+
+    The loss the optimiser minimised is not an ELBO when the alignment or the
+    independence penalty is on; the ELBO is reported beside it, per run (chain).
+    Stored as attributes of the ArviZ ``posterior`` group (``training_elbo``, …).
+    """
+    terms = {"objective": OBJECTIVE}
+    for name in ("loss", "elbo", "alignment", "leakage"):
+        values = [float(r.history[name].iloc[-1]) if name in r.history and len(r.history)
+                  else float("nan") for r in runs]
+        terms[f"training_{name}"] = values
+    return terms
 
 
 @keeps_global_rng

@@ -39,9 +39,17 @@ def test_arviz_structure_groups_dims_coords(data, trained, tmp_path):
     assert list(idata.observed_data["counts"].coords["gene"].values) == data.gene_names
     assert idata.log_likelihood["counts"].dims == ("chain", "draw", "cell")
     assert np.isfinite(idata.log_likelihood["counts"].values).all()
+    # the ELBO is reported beside the loss it is part of, per run (chain)
+    attrs = post.attrs
+    assert len(attrs["training_elbo"]) == 2 and "alignment" in attrs["objective"]
+    for chain, run in enumerate(trained):
+        last = run.history.iloc[-1]
+        assert attrs["training_elbo"][chain] == last["elbo"]
+        assert attrs["training_loss"][chain] != -attrs["training_elbo"][chain]  # β = 1: not an ELBO
     idata.to_netcdf(str(tmp_path / "p.nc"))
     again = load_netcdf(tmp_path / "p.nc")
     assert np.allclose(again.posterior["effect"].values, post["effect"].values)
+    assert list(again.posterior.attrs["training_elbo"]) == attrs["training_elbo"]
 
 
 def test_khat_good_when_fitted_and_worse_when_undertrained(data, trained):
