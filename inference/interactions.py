@@ -123,7 +123,8 @@ class PosteriorInteraction:
 
     def summary(self) -> pd.DataFrame:
         """One row per pair, ranked by the posterior probability of interacting."""
-        size, ratio, along = (self.pair_draws[k] for k in ("size", "ratio", "along"))
+        size, ratio, along = (np.asarray(self.pair_draws[k], dtype=float)
+                              for k in ("size", "ratio", "along"))
         lo, hi = (1 - self.interval) / 2, (1 + self.interval) / 2
         table = pd.DataFrame({
             "pair": list(self.perturbations),
