@@ -174,8 +174,8 @@ def simulate_screen(
         prop /= prop.sum(1, keepdims=True)
         return library[:, None] * prop
 
-    def draw(cond_rows, z, library):
-        return _nb(rng, expected(cond_rows, z, library), dispersion)
+    def draw(cond_rows, z, library, shift=None):
+        return _nb(rng, expected(cond_rows, z, library, shift), dispersion)
 
     # basal states cluster (cell-cycle-like states), so doublets of two states stand out
     centres = rng.normal(0.0, 1.5, (n_states, latent_dim))
@@ -218,13 +218,13 @@ def simulate_screen(
     ])
     ate = norm_means[1:] - norm_means[0]
     if interaction_programmes:  # every pair of singles, measured or not
+        control_rows = np.zeros(n_truth_cells, int)
         pair_ate = np.stack([
-            _perturbseq_norm(_nb(rng, expected(np.zeros(n_truth_cells, int), z_truth, lib_truth,
-                                               design.single_effect[a] + design.single_effect[b]),
-                                 dispersion)).mean(0)
+            _perturbseq_norm(draw(control_rows, z_truth, lib_truth,
+                                  design.single_effect[a] + design.single_effect[b])).mean(0)
             for a, b in design.all_pairs]) - norm_means[0]
-        single_ate = {name: ate[i] for i, name in enumerate(singles)}
-        pair_interaction = np.stack([pair_ate[j] - single_ate[singles[a]] - single_ate[singles[b]]
+        # the singles are conditions 1..n, so single i's ATE is row i of ``ate``
+        pair_interaction = np.stack([pair_ate[j] - ate[a] - ate[b]
                                      for j, (a, b) in enumerate(design.all_pairs)])
 
     obs = pd.DataFrame(

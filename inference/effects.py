@@ -81,6 +81,13 @@ def resample_library(data, n, rng, clean_only=True, model=None):
     return data.library[picked], dosage[picked]
 
 
+def generated_artifact(model, artifact):
+    """The artifact intervention of generated cells: ``None`` where the model has no path from
+    artifact to counts (every cell is generated the same way, and ``intervene`` would refuse it)."""
+    cfg = getattr(model, "config", None)
+    return None if cfg is not None and not cfg.artifact_to_decoder else artifact
+
+
 def generate(model, guide, n_cells: int, *, dosage=None, artifact="clean", library=None,
              num_particles: int = 1, names: dict | None = None, expected: bool = False,
              cells=None, library_dosage=None):
@@ -104,10 +111,8 @@ def generate(model, guide, n_cells: int, *, dosage=None, artifact="clean", libra
     to the intervention like any observed library.
     """
     names = names or {}
-    cfg = getattr(model, "config", None)
-    if cfg is not None and not cfg.artifact_to_decoder:
-        artifact = None  # no path from artifact to counts: every cell is generated the same way
-    model_do = intervene(model, dosage=dosage, artifact=artifact, **names)
+    model_do = intervene(model, dosage=dosage, artifact=generated_artifact(model, artifact),
+                         **names)
     device = model.device
     observed = {}
     if cells is not None:

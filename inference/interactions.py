@@ -227,7 +227,7 @@ def interaction_posterior(runs, data, pairs, *, estimator: str = "batched",
         progress(done)
     keep = (keep_draws if keep_draws is not None
             else len(pairs) * num_draws * data.n_genes <= KEEP_ELEMENTS)
-    block = max(1, BLOCK_ELEMENTS // (num_draws * data.n_genes))
+    block = _block_size(num_draws, data.n_genes)
     genes, per_draw, kept = [], [], []
     for start in range(0, len(pairs), block):
         rows = slice(start, start + block)
@@ -252,8 +252,12 @@ def interaction_posterior(runs, data, pairs, *, estimator: str = "batched",
 def conditions_computed(pairs, n_draws: int, n_genes: int, separator: str = "+") -> int:
     """How many conditions :func:`interaction_posterior` computes for ``pairs`` (for progress)."""
     singles = {t for p in pairs for t in p.split(separator)}
-    block = max(1, BLOCK_ELEMENTS // (n_draws * n_genes))
-    return len(singles) + 1 + len(pairs) + -(-len(pairs) // block)
+    return len(singles) + 1 + len(pairs) + -(-len(pairs) // _block_size(n_draws, n_genes))
+
+
+def _block_size(num_draws: int, n_genes: int) -> int:
+    """Pairs per block: at most :data:`BLOCK_ELEMENTS` draws × genes × pairs at once."""
+    return max(1, BLOCK_ELEMENTS // (num_draws * n_genes))
 
 
 def interaction_figure(summary: pd.DataFrame, path, top: int = 30):

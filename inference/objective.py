@@ -209,7 +209,7 @@ class CradleELBO:
                 log_q = log_q + _per_particle(site["log_prob"], S)
         elbo = (log_p - log_q).mean()
         # zero in value; its gradient is the score-function part of the ELBO's gradient
-        surrogate = score_function_surrogate(model_trace, guide_trace, S)
+        surrogate = score_function_surrogate(model_trace, guide_trace, log_p - log_q)
         alignment = self.alignment(model, guide, guide_trace, kwargs)
         leakage = self.basal_leakage(guide_trace, kwargs)
         beta = self.beta * (kwargs["counts"].shape[-2] if self.alignment_weighting == "published" else 1)
@@ -299,7 +299,7 @@ class CradleELBO:
 CUT = "cut"  # infer key: a guide site whose parameters the rest of the model must not inform
 
 
-def score_function_surrogate(model_trace, guide_trace, num_particles: int) -> torch.Tensor:
+def score_function_surrogate(model_trace, guide_trace, log_weight) -> torch.Tensor:
     """Zero in value; its gradient adds the score-function terms of non-reparameterised sites.
 
     ``(log p − log q).mean()`` differentiates through every guide site that has
@@ -310,30 +310,28 @@ def score_function_surrogate(model_trace, guide_trace, num_particles: int) -> to
     depends on the site's value (Rao-Blackwellised by Pyro's own plate logic, as
     ``TraceGraph_ELBO`` does): for a site in the ``cells`` plate, the log p − log q
     of that cell's local sites; for any other site, the whole particle's log p − log q.
+    ``log_weight`` is each particle's log p − log q (the ELBO's per-particle terms).
     The baseline is the mean over the other particles (none with one particle). Sites
     marked ``infer={"cut": True}`` are left out on purpose: modular inference (the
     artifact state's QC-only posterior, :class:`~cradle_pyro.guides.ArtifactGuide`).
     """
-    S = num_particles
+    S = len(log_weight)
     sites = [(name, site) for name, site in _latent_sites(guide_trace).items()
              if not getattr(site["fn"], "has_rsample", True) and not site["infer"].get(CUT)]
     if not sites:
         return torch.zeros(())
-    total, local = torch.zeros(S), None
+    local = None  # per particle and cell: the cell's local log p − log q
     for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
         for name, site in trace.nodes.items():
-            if site["type"] != "sample":
-                continue
-            total = total + sign * _per_particle(site["log_prob"], S)
-            if _in_cells(site):
+            if site["type"] == "sample" and cell_frame(site) is not None:
                 lp = site["log_prob"].expand(S, site["log_prob"].shape[-1])
                 local = sign * lp if local is None else local + sign * lp
     surrogate = torch.zeros(())
     for name, site in sites:
-        if _in_cells(site) and local is not None:
+        if cell_frame(site) is not None and local is not None:
             log_q, cost = site["log_prob"].expand(S, site["log_prob"].shape[-1]), local
         else:
-            log_q, cost = _per_particle(site["log_prob"], S), total
+            log_q, cost = _per_particle(site["log_prob"], S), log_weight
         cost = cost.detach()
         baseline = (cost.sum(0, keepdim=True) - cost) / (S - 1) if S > 1 else 0.0
         term = (log_q * (cost - baseline)).sum() / S
@@ -341,8 +339,9 @@ def score_function_surrogate(model_trace, guide_trace, num_particles: int) -> to
     return surrogate
 
 
-def _in_cells(site) -> bool:
-    return any(frame.name == "cells" for frame in site["cond_indep_stack"])
+def cell_frame(site):
+    """The ``cells`` plate frame a site sits in, or ``None``."""
+    return next((frame for frame in site["cond_indep_stack"] if frame.name == "cells"), None)
 
 
 def _latent_artifacts(model) -> bool:

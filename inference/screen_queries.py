@@ -50,10 +50,10 @@ from pyro import poutine
 
 from cradle_pyro.likelihoods import NegativeBinomialCounts
 
-from .effects import (N_CELLS, NUM_DRAWS, PosteriorATE, _names, abduction_cells, posterior_ate,
-                      resample_library)
+from .effects import (N_CELLS, NUM_DRAWS, PosteriorATE, _names, abduction_cells,
+                      generated_artifact, posterior_ate, resample_library)
 from .interventions import counterfactual_library, dosage_value, intervene
-from .objective import PARTICLE_DIM
+from .objective import PARTICLE_DIM, cell_frame
 from .seeding import keeps_global_rng
 
 # Defaults of the engine, from a variance analysis on a Norman run (34 conditions): the
@@ -101,8 +101,7 @@ def expected_log_normalised(counts_dist, library) -> torch.Tensor:
         q = torch.exp(-mu)  # P(X = 0), turned into P(X > 0) below
         spread = 1.0  # variance = mean
     elif isinstance(base, (dist.NegativeBinomial, NegativeBinomialCounts)):
-        theta = base.total_count
-        theta = getattr(base, "dispersion", theta)  # per gene, cheaper to broadcast
+        theta = getattr(base, "dispersion", base.total_count)  # per gene where known: cheaper
         ratio = base.logits.exp()  # μ/θ
         q = torch.log1p(ratio).mul_(-theta).exp_()  # P(X = 0) = (1 + μ/θ)^−θ
         mu = ratio.mul_(theta)
@@ -152,9 +151,9 @@ def _tile_cells(guide_trace, k: int):
     if "cells" in tiled.nodes:  # the guide's subsample of the cell plate: the model draws its own
         tiled.remove_node("cells")
     for name, node in guide_trace.nodes.items():
-        if node["type"] != "sample" or not any(f.name == "cells" for f in node["cond_indep_stack"]):
+        frame = cell_frame(node) if node["type"] == "sample" else None
+        if frame is None:
             continue
-        frame = next(f for f in node["cond_indep_stack"] if f.name == "cells")
         event_dim = len(node["fn"].event_shape) if hasattr(node["fn"], "event_shape") else 0
         dim = frame.dim - event_dim
         value = node["value"]
@@ -183,9 +182,7 @@ def condition_means(model, guide, data, conditions, *, num_draws: int = ENGINE_D
     if num_draws < 1 or n_cells < 1:
         raise ValueError(f"num_draws={num_draws}, n_cells={n_cells}: both must be at least 1")
     names = _names(data)
-    cfg = getattr(model, "config", None)
-    if cfg is not None and not cfg.artifact_to_decoder:
-        artifact = None  # as in generate(): no path from artifact to counts
+    artifact = generated_artifact(model, artifact)
     pyro.set_rng_seed(seed)
     rng = np.random.default_rng(seed)
     device = model.device
