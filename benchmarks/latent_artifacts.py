@@ -2,26 +2,40 @@
 
 For each seed, a simulated screen with clean twins (4,000 cells × 400 genes,
 12 % injected artifacts: damaged, doublets, low-complexity; scrublet run so
-its doublet score is a QC covariate) is fitted twice with the defaults:
+its doublet score is a QC covariate) is fitted with the defaults:
 
-- ``observed``: the artifact state is the k·MAD / scrublet flag (today's default);
-- ``latent``: ``artifact_state="latent"``, flags and QC covariates as evidence.
+- ``observed``: the artifact state is the k·MAD / scrublet flag;
+- ``latent``: ``artifact_state="latent"``, flags and QC covariates as evidence;
+  its artifact state is then abducted from ``--abduct-from`` (``counts+qc``:
+  the counts and the QC evidence; ``qc``: the QC evidence alone), each from
+  the same fit.
+
+Screens (``--setting``):
+
+- ``standard``: ``simulate_screen`` as it is (damage: every non-mitochondrial
+  gene thinned to 25 %, mitochondrial counts doubled);
+- ``overlap``: ``qc_overlap=1``: the mitochondrial share and library size also
+  vary with the cell's biological state, so k·MAD flags clean cells and QC
+  tails overlap between clean and damaged cells;
+- ``signature``: ``damage_signature=1, qc_overlap=1``: besides, damage of
+  varying severity with a gene-by-gene signature.
 
 Every cell is then cleaned, ``counterfactual(..., artifact="clean")``, and per
 group (each injected kind, all of its cells and those QC flagged / missed;
-clean cells QC flagged by mistake; clean unflagged cells) we report the mean
-squared error in log1p(CP10k) between the clean twin and the counterfactual
-expectation (``cf_mse``) and the factual expectation (``factual_mse``), and
-``ratio`` = cf / factual. The twin is one noisy draw, so both MSEs share a
-floor that no cleaning can remove: ``twin_noise`` is the MSE between the twin's
-own expected profile and the twin. ``expected_ratio`` compares against the
-twin's expected profile instead (noise-free). Also the AUROC of the posterior artifact probability
-(latent) or of the QC flag (observed) against the injected truth, per kind
-(that kind's cells vs truly clean cells).
+clean cells QC flagged by mistake; clean unflagged cells)
+:func:`~cradle_pyro.inference.counterfactuals.cleaning_against_twins` reports the
+mean squared error in log1p(CP10k) between the twin's expected clean profile
+(``clean_expected``, noise-free) and the counterfactual expectation
+(``cf_mse``) and the factual expectation (``factual_mse``), and ``ratio`` =
+cf / factual; ``noisy_twin_ratio`` is the same against the twin's one noisy
+draw (``clean``), where the twin's own count noise is a floor no cleaning
+removes. Also the AUROC of the posterior artifact probability (latent) and of
+the QC flags against the injected truth, per kind (that kind's cells vs truly
+clean cells).
 
-Writes benchmarks/results/latent_artifacts.json.
+Writes benchmarks/results/latent_artifacts_<setting>.json.
 
-    python benchmarks/latent_artifacts.py [--seeds 0,1,2] [--threads 1]
+    python benchmarks/latent_artifacts.py --setting overlap [--seeds 0,1,2] [--threads 1]
 """
 
 import argparse
@@ -36,57 +50,42 @@ from sklearn.metrics import roc_auc_score
 
 from cradle_pyro import ModelConfig, PerturbationData, simulate_screen
 from cradle_pyro.inference import TrainConfig, artifact_posterior, fit
-from cradle_pyro.inference.counterfactuals import counterfactual, normalised_log_expression
+from cradle_pyro.inference.counterfactuals import cleaning_against_twins, counterfactual
 
 KINDS = ("damaged", "doublet", "low_complexity")
+SETTINGS = {"standard": {}, "overlap": {"qc_overlap": 1.0},
+            "signature": {"qc_overlap": 1.0, "damage_signature": 1.0}}
 
 
-def cleaning_scores(run, data, adata, seed) -> dict:
-    cf = counterfactual(run.model, run.guide, data, artifact="clean", num_samples=4, seed=seed)
-    twin = normalised_log_expression(adata[cf.obs_names].layers["clean"])
-    twin_mean = normalised_log_expression(adata[cf.obs_names].layers["clean_expected"])
-    kind = adata.obs.loc[cf.obs_names, "artifact_kind"].astype(str).to_numpy()
-    flagged = cf.obs["observed_artifact"].to_numpy() > 0
-    cf_log = normalised_log_expression(cf.layers["expected"])
-    fa_log = normalised_log_expression(cf.layers["factual_expected"])
-    cf_mse, fa_mse = ((cf_log - twin) ** 2).mean(1), ((fa_log - twin) ** 2).mean(1)
-    cf_emse, fa_emse = ((cf_log - twin_mean) ** 2).mean(1), ((fa_log - twin_mean) ** 2).mean(1)
-    noise = ((twin_mean - twin) ** 2).mean(1)
-    groups = {}
-    for k in KINDS:
-        groups[k] = kind == k
-        groups[f"{k}_flagged"] = (kind == k) & flagged
-        groups[f"{k}_missed"] = (kind == k) & ~flagged
-    groups["clean_flagged_by_qc"] = (kind == "none") & flagged
-    groups["clean_unflagged"] = (kind == "none") & ~flagged
-    out = {}
-    for name, sel in groups.items():
-        if sel.sum():
-            out[name] = {"n": int(sel.sum()), "cf_mse": float(cf_mse[sel].mean()),
-                         "factual_mse": float(fa_mse[sel].mean()),
-                         "ratio": float(cf_mse[sel].mean() / fa_mse[sel].mean()),
-                         "twin_noise": float(noise[sel].mean()),
-                         "cf_expected_mse": float(cf_emse[sel].mean()),
-                         "factual_expected_mse": float(fa_emse[sel].mean()),
-                         "expected_ratio": float(cf_emse[sel].mean() / fa_emse[sel].mean())}
-    return out
+def cleaning_scores(run, data, adata, seed, abduct_from="counts+qc") -> dict:
+    cf = counterfactual(run.model, run.guide, data, artifact="clean", num_samples=4, seed=seed,
+                        abduct_from=abduct_from)
+    table = cleaning_against_twins(cf, adata)
+    noisy = cleaning_against_twins(cf, adata, layer="clean")
+    table["noisy_twin_ratio"] = noisy["ratio"]
+    return table.to_dict(orient="index")
 
 
-def detection_scores(run, data, adata) -> dict:
-    kind = adata.obs["artifact_kind"].astype(str).reindex(data.obs_names).to_numpy()
-    if run.model.config.latent_artifacts:
-        post = artifact_posterior(run.model, run.guide, data)
-        own = {k: post[f"p_{k}"].to_numpy() for k in KINDS if f"p_{k}" in post}
-        score = post["p_any"].to_numpy()
-    else:
-        score, own = data.artifact.max(1), {}
+def _auroc(kind, score) -> dict:
     out = {}
     for k in KINDS:
         sel = (kind == k) | (kind == "none")
         out[k] = float(roc_auc_score(kind[sel] == k, score[sel]))
-        if k in own:
-            out[f"{k}_own_cause"] = float(roc_auc_score(kind[sel] == k, own[k][sel]))
     out["any"] = float(roc_auc_score(kind != "none", score))
+    return out
+
+
+def detection_scores(run, data, adata, abduct_from="counts+qc") -> dict:
+    kind = adata.obs["artifact_kind"].astype(str).reindex(data.obs_names).to_numpy()
+    out = {"qc_flags": _auroc(kind, data.qc_flags.max(1) if data.qc_flags is not None
+                              else data.artifact.max(1))}
+    if run.model.config.latent_artifacts:
+        post = artifact_posterior(run.model, run.guide, data, abduct_from=abduct_from)
+        out["posterior"] = _auroc(kind, post["p_any"].to_numpy())
+        for k in KINDS:
+            sel = (kind == k) | (kind == "none")
+            out["posterior"][f"{k}_own_cause"] = float(roc_auc_score(kind[sel] == k,
+                                                                     post[f"p_{k}"][sel]))
     return out
 
 
@@ -96,21 +95,28 @@ def _mean_sd(values) -> list:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--setting", default="standard", choices=sorted(SETTINGS))
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--states", default="observed,latent")
+    ap.add_argument("--abduct-from", default="counts+qc,qc",
+                    help="abductions of the latent state to score, each from the same fit")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--epochs", type=int, default=100)
+    ap.add_argument("--epochs", type=int, default=None, help="default: the data-size rule")
     ap.add_argument("--evidence", default="covariates", help="artifact_evidence of the latent model")
     ap.add_argument("--artifact-effect-scale", type=float, default=None,
                     help="Normal prior scale of artifact_effect (default: the model's, 1)")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "latent_artifacts.json"))
+    ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    results = {"screen": "simulate_screen(n_cells=4000, n_genes=400, seed); scrublet on",
-               "epochs": args.epochs, "evidence": args.evidence,
+    out = Path(args.out or Path(__file__).resolve().parent / "results"
+               / f"latent_artifacts_{args.setting}.json")
+    results = {"screen": f"simulate_screen(n_cells=4000, n_genes=400, seed, keep_expected=True, "
+                         f"**{SETTINGS[args.setting]}); scrublet on",
+               "setting": args.setting, "epochs": args.epochs, "evidence": args.evidence,
                "artifact_effect_scale": args.artifact_effect_scale, "per_seed": {}}
     for seed in [int(s) for s in args.seeds.split(",")]:
-        adata = simulate_screen(n_cells=4000, n_genes=400, seed=seed, keep_expected=True)
+        adata = simulate_screen(n_cells=4000, n_genes=400, seed=seed, keep_expected=True,
+                                **SETTINGS[args.setting])
         data = PerturbationData.from_anndata(adata, doublets=True, seed=seed)
         for state in args.states.split(","):
             t0 = time.time()
@@ -119,22 +125,32 @@ def main():
             run = fit(data, TrainConfig(seed=seed, epochs=args.epochs, progress=False),
                       ModelConfig(artifact_state=state, priors=priors, **(
                           {"artifact_evidence": args.evidence} if state == "latent" else {})))
-            res = {"cleaning": cleaning_scores(run, data, adata, seed),
-                   "auroc": detection_scores(run, data, adata), "fit_s": time.time() - t0}
-            results["per_seed"].setdefault(state, {})[seed] = res
-            print(seed, state, json.dumps({k: round(v["ratio"], 3) for k, v in res["cleaning"].items()}),
-                  json.dumps({k: round(v, 3) for k, v in res["auroc"].items()}), flush=True)
+            fit_s = time.time() - t0
+            variants = ([f"latent:{a}" for a in args.abduct_from.split(",")]
+                        if state == "latent" else ["observed"])
+            for variant in variants:
+                abduct = variant.split(":")[1] if ":" in variant else "qc"
+                res = {"cleaning": cleaning_scores(run, data, adata, seed, abduct),
+                       "auroc": detection_scores(run, data, adata, abduct), "fit_s": fit_s}
+                results["per_seed"].setdefault(variant, {})[seed] = res
+                print(seed, variant, json.dumps({k: round(v["ratio"], 3)
+                                                 for k, v in res["cleaning"].items()}),
+                      json.dumps({k: round(v, 3) for k, v in
+                                  res["auroc"].get("posterior", res["auroc"]["qc_flags"]).items()}),
+                      flush=True)
     summary = {}
-    for state, seeds in results["per_seed"].items():
+    for variant, seeds in results["per_seed"].items():
         rows = list(seeds.values())
         groups = set.intersection(*[set(r["cleaning"]) for r in rows])
-        summary[state] = {
+        summary[variant] = {
             **{key: {g: _mean_sd([r["cleaning"][g][key] for r in rows]) for g in sorted(groups)}
-               for key in ("ratio", "expected_ratio", "cf_mse", "factual_mse", "twin_noise")},
-            "auroc": {k: _mean_sd([r["auroc"][k] for r in rows]) for k in rows[0]["auroc"]},
+               for key in ("ratio", "noisy_twin_ratio", "cf_mse", "factual_mse", "n")},
+            **{f"auroc_{src}": {k: _mean_sd([r["auroc"][src][k] for r in rows])
+                                for k in rows[0]["auroc"][src]}
+               for src in rows[0]["auroc"]},
         }
     results["summary"] = summary
-    Path(args.out).write_text(json.dumps(results, indent=2))
+    out.write_text(json.dumps(results, indent=2))
     print(json.dumps(summary, indent=2))
 
 

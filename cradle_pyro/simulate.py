@@ -62,6 +62,42 @@ def _nb(rng, mean, dispersion):
     return rng.poisson(rate)
 
 
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _logit(p):
+    return np.log(p) - np.log1p(-p)
+
+
+def _damage_design(rng, genes, signature: float, n_damaged: int):
+    """Per-gene retention log-odds of damaged cells, and each damaged cell's kept share.
+
+    Ribosomal-protein transcripts leave a leaky cell first; others are kept in
+    proportion to how nuclear or long-lived they are (a random gene effect).
+    """
+    retention = rng.normal(0.0, signature, len(genes))
+    ribosomal = np.array([g.startswith(("RPL", "RPS")) for g in genes])
+    retention[ribosomal] -= signature
+    return retention, rng.beta(3.0, 5.0, n_damaged)
+
+
+def _qc_biology(rng, n_states: int, overlap: float):
+    """A function of basal states -> (mitochondrial logit shift, library log-shift) per cell,
+    or ``None`` without ``overlap``: QC covariates that vary with the cell's biology."""
+    if overlap <= 0:
+        return None
+    state_mt = rng.normal(0.0, 0.8 * overlap, n_states)
+    state_library = rng.normal(0.0, 0.4 * overlap, n_states)
+
+    def per_cell(states):
+        n = len(states)
+        return (state_mt[states] + rng.normal(0.0, 0.3 * overlap, n),
+                state_library[states] + rng.normal(0.0, 0.3 * overlap, n))
+
+    return per_cell
+
+
 def _perturbseq_norm(x):
     x = np.asarray(x, dtype=float)
     return np.log2(1e4 * x / np.maximum(x.sum(1, keepdims=True), 1) + 1)
@@ -86,6 +122,8 @@ def simulate_screen(
     keep_expected: bool = False,
     library_effect_scale: float = 0.0,
     interaction_programmes: bool = False,
+    damage_signature: float = 0.0,
+    qc_overlap: float = 0.0,
     seed: int = 0,
 ) -> ad.AnnData:
     """Simulate a CRISPR screen with known effects and injected artifacts.
@@ -135,6 +173,26 @@ def simulate_screen(
         ``uns["truth"]["pairs"]`` and ``uns["truth"]["pair_kind"]``, with the true
         interaction ``ATE(A+B) − ATE(A) − ATE(B)`` of every pair, measured or not, in
         ``uns["truth"]["pair_interaction"]``. ``n_interacting`` is then unused.
+    damage_signature
+        Damaged cells with a realistic expression signature, not only a QC
+        shift: a damaged cell keeps a share ``s ~ Beta(3, 5)`` of its
+        cytoplasmic mRNA (a severity that varies, so mild damage passes QC),
+        and gene ``g`` is kept with log-odds ``logit(s) + r_g``, where
+        ``r_g ~ N(0, damage_signature)`` is how strongly the transcript is
+        retained (nuclear, long-lived) and ribosomal-protein transcripts are
+        lost faster (``r_g − damage_signature``); mitochondrial transcripts stay
+        in their organelles. ``0`` (default): every non-mitochondrial gene thinned
+        to 25 % and mitochondrial counts doubled, as before.
+        ``uns["truth"]["damage_retention"]`` holds ``r_g``; ``obs["damage_kept"]``
+        the severity ``s`` (1 for undamaged cells).
+    qc_overlap
+        Biological variation in the QC covariates, so that k·MAD rules flag
+        clean cells and QC tails overlap between clean and damaged cells: each
+        basal state gets its own mitochondrial log-share shift
+        ``N(0, 0.8·qc_overlap)`` and library log-shift ``N(0, 0.4·qc_overlap)``,
+        each cell its own on top (``N(0, 0.3·qc_overlap)`` both). The shifts
+        are biology: they follow the cell's state, so its expression profile
+        can tell them from damage. ``0`` (default): none.
     n_truth_cells
         Clean cells per condition drawn (common basal states) to compute the
         true average treatment effects in ``uns["truth"]["ate"]``.
@@ -167,15 +225,17 @@ def simulate_screen(
     rest = rng.integers(1, len(conditions), n_cells - n_control)
     cond_idx = rng.permutation(np.concatenate([np.zeros(n_control, int), rest]))
 
-    def expected(cond_rows, z, library, shift=None):
+    def expected(cond_rows, z, library, shift=None, mt_shift=None):
         shift = latent_effect[cond_rows] if shift is None else shift
         logits = baseline + programme(z + shift) @ decoder + condition_cis[cond_rows]
+        if mt_shift is not None:  # biological mitochondrial share (qc_overlap)
+            logits = logits + np.outer(mt_shift, is_mt)
         prop = np.exp(logits - logits.max(1, keepdims=True))
         prop /= prop.sum(1, keepdims=True)
         return library[:, None] * prop
 
-    def draw(cond_rows, z, library, shift=None):
-        return _nb(rng, expected(cond_rows, z, library, shift), dispersion)
+    def draw(cond_rows, z, library, shift=None, mt_shift=None):
+        return _nb(rng, expected(cond_rows, z, library, shift, mt_shift), dispersion)
 
     # basal states cluster (cell-cycle-like states), so doublets of two states stand out
     centres = rng.normal(0.0, 1.5, (n_states, latent_dim))
@@ -190,7 +250,12 @@ def simulate_screen(
     shift = dict(zip(singles, single_library))
     condition_library = np.array([sum(shift.get(t, 0.0) for t in c.split("+")) for c in conditions])
     library = library * np.exp(condition_library[cond_idx])
-    clean = draw(cond_idx, basal, library)
+    biology = _qc_biology(rng, n_states, qc_overlap)  # None without qc_overlap
+    mt_shift = None
+    if biology is not None:
+        mt_shift, library_shift = biology(state)
+        library = library * np.exp(library_shift)
+    clean = draw(cond_idx, basal, library, mt_shift=mt_shift)
 
     observed = clean.copy()
     kind = np.array(["none"] * n_cells, dtype=object)
@@ -199,8 +264,15 @@ def simulate_screen(
     for j, cell in enumerate(art_cells):
         kind[cell] = ARTIFACT_KINDS[j % len(ARTIFACT_KINDS)]
     damaged = np.flatnonzero(kind == "damaged")
-    observed[np.ix_(damaged, ~is_mt)] = rng.binomial(clean[np.ix_(damaged, ~is_mt)], 0.25)
-    observed[np.ix_(damaged, is_mt)] = clean[np.ix_(damaged, is_mt)] * 2
+    damage_kept = np.ones(n_cells)
+    retention = np.zeros(n_genes)
+    if damage_signature > 0:
+        retention, damage_kept[damaged] = _damage_design(rng, genes, damage_signature, len(damaged))
+        keep = _sigmoid(_logit(damage_kept[damaged])[:, None] + retention[None, ~is_mt])
+        observed[np.ix_(damaged, ~is_mt)] = rng.binomial(clean[np.ix_(damaged, ~is_mt)], keep)
+    else:
+        observed[np.ix_(damaged, ~is_mt)] = rng.binomial(clean[np.ix_(damaged, ~is_mt)], 0.25)
+        observed[np.ix_(damaged, is_mt)] = clean[np.ix_(damaged, is_mt)] * 2
     doublets = np.flatnonzero(kind == "doublet")
     partners = rng.integers(0, n_cells, len(doublets))
     observed[doublets] = clean[doublets] + clean[partners]
@@ -208,12 +280,16 @@ def simulate_screen(
     observed[low] = rng.binomial(clean[low], 0.12)
 
     # true ATE: clean cells under each condition from common basal states
-    z_truth = centres[rng.integers(0, n_states, n_truth_cells)] + rng.normal(
-        0.0, 0.6, (n_truth_cells, latent_dim))
+    state_truth = rng.integers(0, n_states, n_truth_cells)
+    z_truth = centres[state_truth] + rng.normal(0.0, 0.6, (n_truth_cells, latent_dim))
     lib_truth = library_median * np.exp(rng.normal(0.0, 0.35, n_truth_cells))
+    mt_truth = None
+    if biology is not None:
+        mt_truth, library_shift = biology(state_truth)
+        lib_truth = lib_truth * np.exp(library_shift)
     norm_means = np.stack([
         _perturbseq_norm(draw(np.full(n_truth_cells, c), z_truth,
-                              lib_truth * np.exp(condition_library[c]))).mean(0)
+                              lib_truth * np.exp(condition_library[c]), mt_shift=mt_truth)).mean(0)
         for c in range(len(conditions))
     ])
     ate = norm_means[1:] - norm_means[0]
@@ -221,7 +297,8 @@ def simulate_screen(
         control_rows = np.zeros(n_truth_cells, int)
         pair_ate = np.stack([
             _perturbseq_norm(draw(control_rows, z_truth, lib_truth,
-                                  design.single_effect[a] + design.single_effect[b])).mean(0)
+                                  design.single_effect[a] + design.single_effect[b],
+                                  mt_shift=mt_truth)).mean(0)
             for a, b in design.all_pairs]) - norm_means[0]
         # the singles are conditions 1..n, so single i's ATE is row i of ``ate``
         pair_interaction = np.stack([pair_ate[j] - ate[a] - ate[b]
@@ -233,6 +310,7 @@ def simulate_screen(
             "artifact_kind": pd.Categorical(kind, categories=["none", *ARTIFACT_KINDS]),
             "is_artifact": kind != "none",
             "library_clean": clean.sum(1),
+            "damage_kept": damage_kept,
         },
         index=[f"cell{i:05d}" for i in range(n_cells)],
     )
@@ -243,7 +321,8 @@ def simulate_screen(
         layers={"clean": sp.csr_matrix(clean.astype(np.float32))},
     )
     if keep_expected:
-        adata.layers["clean_expected"] = expected(cond_idx, basal, library).astype(np.float32)
+        adata.layers["clean_expected"] = expected(cond_idx, basal, library,
+                                                  mt_shift=mt_shift).astype(np.float32)
     adata.uns["truth"] = {
         "conditions": np.array(conditions),
         "latent_effect": latent_effect,
@@ -259,6 +338,7 @@ def simulate_screen(
         "knockdown": cis,
         "direct_effect": design.direct,
         "library_effect": single_library,
+        "damage_retention": retention,
         "seed": seed,
     }
     if interaction_programmes:

@@ -548,7 +548,8 @@ def cmd_counterfactual(args):
         raise CradleInputError(f"--do takes artifact=... and/or dosage=...; got {sorted(todo) or 'nothing'}")
     data = cells_for_run(run, _read(args.input))
     cf = counterfactual(run.model, run.guide, data, artifact=todo.get("artifact"),
-                        dosage=todo.get("dosage"), num_samples=args.num_samples, seed=args.seed)
+                        dosage=todo.get("dosage"), num_samples=args.num_samples, seed=args.seed,
+                        abduct_from=args.abduct_from)
     write_h5ad(cf, args.out)
     print(f"wrote {args.out}: {cf.n_obs} cells; X = sampled counterfactual counts, "
           "layers: expected, factual, factual_expected")
@@ -586,20 +587,30 @@ def cmd_embed(args):
 
 
 def cmd_artifacts(args):
-    from .artifacts import artifact_figure, artifact_posterior, artifact_summary
+    from .artifacts import (artifact_figure, artifact_posterior, artifact_summary,
+                            describe_artifact_summary)
     from .run_io import load_run
 
     run = load_run(args.run, device=args.device)
-    post = artifact_posterior(run.model, run.guide, run.data)
+    twins = _read(args.twins) if args.twins else None
+    if twins is not None and not {"clean_expected", "clean"} & set(twins.layers):
+        raise CradleInputError(f"--twins {args.twins}: no layers['clean_expected'] or ['clean'] "
+                               "(the cells' clean twins): pass a screen from simulate_screen "
+                               "(keep_expected=True for the noise-free twins)")
+    post = artifact_posterior(run.model, run.guide, run.data, abduct_from=args.abduct_from)
     write_csv(post, args.out)
-    summary = artifact_summary(post)
-    print(f"wrote {args.out}: {summary['n_cells']} cells; {summary['flagged']} QC-flagged, "
-          f"{summary['abducted_artifact']} abducted as artifacts (P >= 0.5); "
-          f"{summary['flagged_but_clean']} flagged but abducted clean, "
-          f"{summary['unflagged_but_artifact']} unflagged but abducted as artifacts")
+    print(f"wrote {args.out}: " + describe_artifact_summary(artifact_summary(post)))
     if args.figure:
         artifact_figure(post, run.data, args.figure)
         print(f"wrote {args.figure}")
+    if twins is not None:
+        from .counterfactuals import cleaning_against_twins, counterfactual
+
+        cf = counterfactual(run.model, run.guide, run.data, artifact="clean", num_samples=4,
+                            abduct_from=args.abduct_from)
+        table = cleaning_against_twins(cf, twins)
+        print("cleaning against the clean twins (ratio < 1: brought closer; 1: left alone):")
+        print(table.round(3).to_string())
 
 
 def cmd_diagnose(args):
@@ -634,7 +645,8 @@ def cmd_demo(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    adata = simulate_screen(n_cells=args.cells, n_genes=args.genes, seed=args.seed)
+    adata = simulate_screen(n_cells=args.cells, n_genes=args.genes, seed=args.seed,
+                            keep_expected=True)
     screen = out / "simulated_screen.h5ad"
     write_h5ad(adata, screen)
     print(f"simulated {adata.n_obs} cells × {adata.n_vars} genes with injected artifacts -> {screen}")
@@ -650,7 +662,7 @@ def cmd_demo(args):
     qc_share = float(data.artifact.max(1).mean())
     print(f"QC labelled {qc_share:.1%} of cells as artifacts (k=3 MAD, scrublet)")
     report = evaluate(runs, data, out / "report", split="test", seed=args.seed,
-                      progress=not args.quiet)
+                      progress=not args.quiet, twins=adata)
     _print_headline(report, out / "report")
     print(f"done in {time.time() - t0:.0f} s; runs in {out / 'runs'}")
 
@@ -704,6 +716,16 @@ def add_draws_arguments(p):
                         "then moves Norman's held-out r by < 0.01)")
     p.add_argument("--n-cells", type=POSITIVE_INT, default=N_CELLS,
                    help=f"clean cells per draw and condition (default {N_CELLS})")
+
+
+def add_abduct_from_argument(p):
+    """--abduct-from: the evidence a latent artifact state is abducted from."""
+    from .artifacts import ABDUCT_FROM, DEFAULT_ABDUCT_FROM
+
+    p.add_argument("--abduct-from", choices=ABDUCT_FROM, default=DEFAULT_ABDUCT_FROM,
+                   help="runs with --artifact-state latent: abduct each cell's artifact state "
+                        "from its counts and QC evidence together (counts+qc) or from the QC "
+                        f"evidence alone (qc, the cut used in training); default {DEFAULT_ABDUCT_FROM}")
 
 
 def add_estimator_arguments(p, default: str):
@@ -870,6 +892,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--do", action="append", metavar="SITE=VALUE", help="artifact=clean, dosage=B, ...")
     p.add_argument("--num-samples", type=POSITIVE_INT, default=4,
                    help="posterior draws averaged (two or more add credible intervals)")
+    add_abduct_from_argument(p)
     p.add_argument("--out", required=True, help="output .h5ad")
     p.set_defaults(func=cmd_counterfactual)
 
@@ -886,6 +909,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output CSV")
     p.add_argument("--figure", default=None, help="also draw the posterior against the QC "
                    "metrics into this PNG")
+    add_abduct_from_argument(p)
+    p.add_argument("--twins", default=None, metavar="H5AD",
+                   help="a simulated screen whose cells keep their clean twins "
+                        "(layers clean_expected): also clean every cell and print how far "
+                        "cleaning brought each group to its twin")
     p.set_defaults(func=cmd_artifacts)
 
     p = run_cmd("embed", "latent representations of the training cells into obsm, for scanpy")

@@ -31,6 +31,8 @@ Example
 
 from __future__ import annotations
 
+import contextlib
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -40,7 +42,10 @@ import scipy.sparse as sp
 import torch
 from pyro import poutine
 
-from .artifacts import artifact_posterior
+from cradle_pyro.distributions import BinaryStates
+
+from .artifacts import (DEFAULT_ABDUCT_FROM, NUM_PARTICLES, ArtifactAbduction, check_abduct_from,
+                        log_posterior, posterior_columns)
 from .effects import _names
 from .interventions import artifact_value, counterfactual_library, intervene
 from .seeding import keeps_global_rng
@@ -128,7 +133,9 @@ NOISE = ("abducted", "shared", "independent")
 @keeps_global_rng
 def counterfactual(model, guide, data, *, artifact=None, dosage=None, split=None,
                    num_samples: int = 1, batch_size: int = 512, seed: int = 0,
-                   device=None, interval: float = 0.9, noise: str = "abducted") -> ad.AnnData:
+                   device=None, interval: float = 0.9, noise: str = "abducted",
+                   abduct_from: str = DEFAULT_ABDUCT_FROM,
+                   num_particles: int = NUM_PARTICLES) -> ad.AnnData:
     """Counterfactual predictions for the cells of ``data`` (a split or all).
 
     Parameters
@@ -150,6 +157,10 @@ def counterfactual(model, guide, data, *, artifact=None, dosage=None, split=None
         gene) drives both worlds (:func:`quantile_counts`; the factual layer is
         then a re-simulation, not the cell); ``"independent"``: two independent
         draws.
+    abduct_from, num_particles
+        With a latent artifact state: abduct it from ``"counts+qc"`` (default)
+        or ``"qc"`` alone (:mod:`cradle_pyro.inference.artifacts`); the
+        basal state is then drawn given the abducted artifact state.
 
     Returns
     -------
@@ -168,6 +179,9 @@ def counterfactual(model, guide, data, *, artifact=None, dosage=None, split=None
     """
     if noise not in NOISE:
         raise ValueError(f"noise={noise!r}; use one of {NOISE}")
+    latent = model.config.latent_artifacts
+    if latent:
+        check_abduct_from(abduct_from)
     device = device or model.device
     names = _names(data)
     model_do = intervene(model, dosage=dosage, artifact=artifact, **names)
@@ -177,13 +191,19 @@ def counterfactual(model, guide, data, *, artifact=None, dosage=None, split=None
         keys += ["cf_lower", "cf_upper", "effect_lower", "effect_upper"]
     q = torch.tensor([(1 - interval) / 2, (1 + interval) / 2])
     out = {k: [] for k in keys}
-    idx_all = []
+    idx_all, posterior = [], []
     with torch.no_grad():
         for batch in data.batches(split, batch_size=batch_size, shuffle=False, device=device):
             kwargs = batch.model_kwargs()
+            abduction = contextlib.nullcontext()  # an observed artifact state: nothing to abduct
+            if latent:  # the artifact state from its posterior, then basal given it
+                logits = log_posterior(model, guide, kwargs, abduct_from, num_particles)
+                posterior.append(posterior_columns(logits, model.config.artifact_causes, "artifact_"))
+                abduction = ArtifactAbduction(BinaryStates(logits))
             draws_cf, draws_fa, acc = [], [], {}
             for s in range(num_samples):
-                gtr = poutine.trace(guide).get_trace(**dict(kwargs, reference=None))
+                with abduction:
+                    gtr = poutine.trace(guide).get_trace(**dict(kwargs, reference=None))
                 # a library that mediates the dosage moves with it; the cell keeps its own noise
                 kw_cf = dict(kwargs, library=counterfactual_library(
                     model, gtr, kwargs["library"], kwargs["dosage"], dosage, names))
@@ -216,10 +236,9 @@ def counterfactual(model, guide, data, *, artifact=None, dosage=None, split=None
         "do_artifact": "" if artifact is None else str(artifact),
         "do_dosage": "" if dosage is None else str(dosage),
     }, index=[data.obs_names[i] for i in idx])
-    if model.config.latent_artifacts:  # abduction drew the artifact state from this posterior
-        post = artifact_posterior(model, guide, data, split=split).loc[obs.index]
-        for col in post.filter(like="p_").columns:
-            obs[f"artifact_{col}"] = post[col].to_numpy()
+    if latent:  # abduction drew the artifact state from this posterior
+        for col in posterior[0]:
+            obs[col] = np.concatenate([p[col] for p in posterior])
     stack = {k: np.concatenate(v).astype(np.float32) for k, v in out.items()}
     layers = {"expected": stack["cf_mean"], "factual": sp.csr_matrix(stack["fa"]),
               "factual_expected": stack["fa_mean"]}
@@ -228,7 +247,8 @@ def counterfactual(model, guide, data, *, artifact=None, dosage=None, split=None
                       effect_lower=stack["effect_lower"], effect_upper=stack["effect_upper"])
     return ad.AnnData(X=sp.csr_matrix(stack["cf"]), obs=obs,
                       var=pd.DataFrame(index=data.gene_names), layers=layers,
-                      uns={"interval": interval, "num_samples": num_samples})
+                      uns={"interval": interval, "num_samples": num_samples,
+                           **({"abduct_from": abduct_from} if latent else {})})
 
 
 @keeps_global_rng
@@ -262,3 +282,48 @@ def normalised_log_expression(x) -> np.ndarray:
     """log1p(1e4·x/Σx), the space counterfactual distances are measured in."""
     x = x.toarray() if sp.issparse(x) else np.asarray(x, dtype=float)
     return np.log1p(1e4 * x / np.maximum(x.sum(1, keepdims=True), 1e-8))
+
+
+def cleaning_against_twins(cf: ad.AnnData, twins: ad.AnnData, layer: str | None = None,
+                           kind_column: str = "artifact_kind") -> pd.DataFrame:
+    """How far ``do(artifact = clean)`` brought each group of cells to its clean twin.
+
+    For a simulated screen, whose cells keep their twin without the artifact
+    (:func:`cradle_pyro.simulate.simulate_screen`: ``layers["clean_expected"]``,
+    the twin's expected counts, or ``layers["clean"]``, one noisy draw), per
+    group: the mean squared distance, in log1p(CP10k), of the counterfactual
+    expectation to the twin (``cf_mse``) and of the factual expectation
+    (``factual_mse``), and ``ratio = cf_mse / factual_mse``: below 1 cleaning
+    helped, 1 it left the cells alone, above 1 it pushed them away.
+
+    Groups: each injected kind (all its cells, those QC flagged, those QC
+    missed), clean cells QC flagged (``clean_flagged_by_qc``) and clean cells
+    not flagged (``clean_unflagged``).
+
+    Parameters
+    ----------
+    cf
+        :func:`counterfactual` with ``artifact="clean"``.
+    twins
+        The simulated AnnData (same cell names).
+    layer
+        The twins' layer: ``"clean_expected"`` where it exists, else ``"clean"``.
+    """
+    layer = layer or ("clean_expected" if "clean_expected" in twins.layers else "clean")
+    names = cf.obs_names
+    twin = normalised_log_expression(twins[names].layers[layer])
+    kind = twins.obs.loc[names, kind_column].astype(str).to_numpy()
+    flagged = cf.obs["observed_artifact"].to_numpy() > 0
+    cf_mse = ((normalised_log_expression(cf.layers["expected"]) - twin) ** 2).mean(1)
+    fa_mse = ((normalised_log_expression(cf.layers["factual_expected"]) - twin) ** 2).mean(1)
+    groups = {}
+    for k in [k for k in pd.unique(kind) if k != "none"]:
+        groups.update({k: kind == k, f"{k}_flagged": (kind == k) & flagged,
+                       f"{k}_missed": (kind == k) & ~flagged})
+    groups.update(clean_flagged_by_qc=(kind == "none") & flagged,
+                  clean_unflagged=(kind == "none") & ~flagged)
+    rows = {name: {"n": int(sel.sum()), "cf_mse": float(cf_mse[sel].mean()),
+                   "factual_mse": float(fa_mse[sel].mean()),
+                   "ratio": float(cf_mse[sel].mean() / fa_mse[sel].mean())}
+            for name, sel in groups.items() if sel.sum()}
+    return pd.DataFrame.from_dict(rows, orient="index")

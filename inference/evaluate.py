@@ -38,9 +38,11 @@ from cradle_pyro.progress import Progress
 from cradle_pyro.qc import qc_metrics
 from cradle_pyro.splits import targets_of
 
+from .counterfactuals import cleaning_against_twins, counterfactual
 from .effects import N_CELLS, NUM_DRAWS, perturbseq_normalise, sample_cells
 from .ensembles import ensemble_ate
-from .artifacts import artifact_figure, artifact_posterior, artifact_summary
+from .artifacts import (artifact_figure, artifact_posterior, artifact_summary,
+                        describe_artifact_summary)
 from .embeddings import cells_with_latents, umap_figure
 from .metrics import pca_energy_distance, qc_pass_rate
 from .objective import iwelbo
@@ -53,7 +55,7 @@ heldout_perturbations = held_out_conditions  # the name earlier releases used
 
 def evaluate(runs: dict, data, out_dir, *, split: str = "test", num_draws: int = NUM_DRAWS,
              n_cells: int = N_CELLS, n_generated: int = 200, n_splits: int = 20, top_k: int = 20,
-             seed: int = 0, progress: bool = True, basal: str = "abducted") -> dict:
+             seed: int = 0, progress: bool = True, basal: str = "abducted", twins=None) -> dict:
     """Evaluate trained runs on ``split``; writes ``metrics.json``, ``report.md``, CSVs and figures.
 
     Parameters
@@ -72,6 +74,12 @@ def evaluate(runs: dict, data, out_dir, *, split: str = "test", num_draws: int =
         Generated clean cells per condition for QC pass rate and energy distance.
     n_splits
         Random halvings of the control cells the scores are averaged over.
+    twins
+        A simulated AnnData whose cells keep their clean twins
+        (``layers["clean_expected"]``): each model whose artifact state reaches
+        the decoder then cleans every cell, and the report gives, per group, how
+        far cleaning brought the cells to their twins
+        (:func:`~cradle_pyro.inference.counterfactuals.cleaning_against_twins`).
 
     Returns
     -------
@@ -97,7 +105,7 @@ def evaluate(runs: dict, data, out_dir, *, split: str = "test", num_draws: int =
         wanted = perts + [t for t in singles if t not in perts]
         posteriors[name] = ensemble_ate(members[name], data, wanted, num_draws=num_draws,
                                         n_cells=n_cells, seed=seed, basal=basal)
-        extras[name] = _generation_checks(run, data, perts, split, n_generated, seed,
+        extras[name] = _generation_checks(run, data, perts, split, n_generated, seed, twins,
                                           out / "figures" / f"qc_{_safe(name)}.png")
         extras[name]["members"] = len(members[name])
         bar.update(model=name)
@@ -122,7 +130,7 @@ def evaluate(runs: dict, data, out_dir, *, split: str = "test", num_draws: int =
     return report
 
 
-def _generation_checks(run, data, perts, split, n_generated, seed, figure_path) -> dict:
+def _generation_checks(run, data, perts, split, n_generated, seed, twins, figure_path) -> dict:
     """QC pass rate and energy distance of generated clean cells (and their QC
     figure); held-out IWELBO."""
     generated, energy = [], []
@@ -148,6 +156,9 @@ def _generation_checks(run, data, perts, split, n_generated, seed, figure_path) 
         entry["artifact_posterior"] = artifact_summary(post)
         artifact_figure(post, data, figure_path.with_name(
             figure_path.name.replace("qc_", "artifacts_")))
+    if twins is not None and run.model.config.artifact_to_decoder:
+        cf = counterfactual(run.model, run.guide, data, artifact="clean", num_samples=4, seed=seed)
+        entry["twin_cleaning"] = cleaning_against_twins(cf, twins).to_dict(orient="index")
     return entry
 
 
@@ -275,11 +286,15 @@ def markdown_report(report: dict) -> str:
     for name, m in report["models"].items():
         if "artifact_posterior" in m:
             a = m["artifact_posterior"]
-            lines += ["", f"Latent artifact state ({name}): {a['flagged']} cells QC-flagged, "
-                      f"{a['abducted_artifact']} abducted as artifacts (P ≥ 0.5); "
-                      f"{a['flagged_but_clean']} flagged cells abducted clean, "
-                      f"{a['unflagged_but_artifact']} unflagged cells abducted as artifacts.", "",
+            lines += ["", f"Latent artifact state ({name}): {describe_artifact_summary(a)}.", "",
                       f"![artifact posterior, {name}](figures/artifacts_{_safe(name)}.png)", ""]
+            if "twin_cleaning" in m:
+                lines += [f"Cleaning against the simulator's clean twins ({name}; ratio: "
+                          "distance to the twin after / before cleaning):", "",
+                          "| group | cells | after | before | ratio |", "|---|---|---|---|---|"]
+                lines += [f"| {g} | {r['n']} | {f(r['cf_mse'])} | {f(r['factual_mse'])} | "
+                          f"{f(r['ratio'])} |" for g, r in m["twin_cleaning"].items()]
+                lines.append("")
     for name in report["models"]:
         lines.append(f"![QC of generated cells, {name}](figures/qc_{_safe(name)}.png)")
         lines.append(f"![UMAPs of the basal state and the full latent, {name}]"

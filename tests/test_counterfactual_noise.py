@@ -48,3 +48,18 @@ def test_abducted_noise_is_uniform_within_the_observed_count():
     assert abs(y.mean().item() - cf.mean[0].item()) < 0.05 * cf.mean[0].item()
     assert abs(y.var().item() - cf.variance[0].item()) < 0.1 * cf.variance[0].item()
     assert (y >= x).float().mean().item() == 1.0  # a larger mean moves every count up or keeps it
+
+
+def test_latent_artifact_state_factual_is_the_observed_cell(screen):
+    """With the artifact state latent, abduction draws it, then the count noise under it."""
+    run = fit(screen, TrainConfig(epochs=1, num_particles=1, progress=False),
+              ModelConfig(artifact_state="latent"))
+    observed = _observed(screen)
+    for abduct_from in ("counts+qc", "qc"):
+        cf = counterfactual(run.model, run.guide, screen, artifact="clean", seed=1,
+                            abduct_from=abduct_from)
+        order = [screen.obs_names.index(c) for c in cf.obs_names]
+        np.testing.assert_array_equal(cf.layers["factual"].toarray(), observed[order])
+        assert cf.uns["abduct_from"] == abduct_from and cf.obs["artifact_p_any"].between(0, 1).all()
+        nothing = counterfactual(run.model, run.guide, screen, seed=2, abduct_from=abduct_from)
+        np.testing.assert_array_equal(nothing.X.toarray(), observed[order])

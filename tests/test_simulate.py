@@ -56,3 +56,47 @@ def test_programme_screens_have_interactions_of_known_kind():
         assert size[kinds == kind].mean() > 1.3 * np.median(size[kinds == "additive"]), kind
     measured = [c for c in adata.obs["perturbation"].cat.categories if "+" in c]
     assert len(measured) == 8 and set(measured) <= set(truth["pairs"])
+
+
+def _qc_flags(adata):
+    from cradle_pyro import PerturbationData
+
+    data = PerturbationData.from_anndata(adata, doublets=False, seed=0)
+    kind = adata.obs["artifact_kind"].astype(str).reindex(data.obs_names).to_numpy()
+    return kind, data.artifact.max(1) > 0, data
+
+
+def test_qc_overlap_makes_k_mad_flag_clean_cells_by_their_biology():
+    plain = simulate_screen(n_cells=1500, n_genes=200, seed=1)
+    overlap = simulate_screen(n_cells=1500, n_genes=200, seed=1, qc_overlap=1.0)
+    kind0, flag0, _ = _qc_flags(plain)
+    kind1, flag1, data = _qc_flags(overlap)
+    # the tails overlap: more clean cells flagged, more damaged cells missed
+    assert flag1[kind1 == "none"].sum() > 2 * flag0[kind0 == "none"].sum()
+    assert flag1[kind1 == "damaged"].mean() < flag0[kind0 == "damaged"].mean() - 0.1
+    # the damaged-looking share is biology: the clean twin of a flagged clean cell has it too
+    mt = np.array([g.startswith("MT-") for g in overlap.var_names])
+    twin = overlap[data.obs_names].layers["clean"].toarray()
+    share = twin[:, mt].sum(1) / twin.sum(1)
+    clean = kind1 == "none"
+    assert share[clean & flag1].mean() > 1.5 * share[clean & ~flag1].mean()
+
+
+def test_damage_signature_is_graded_and_gene_by_gene():
+    a = simulate_screen(n_cells=1200, n_genes=200, seed=4, damage_signature=1.0)
+    damaged = (a.obs["artifact_kind"] == "damaged").to_numpy()
+    kept = a.obs["damage_kept"].to_numpy()
+    assert (kept[~damaged] == 1).all() and kept[damaged].std() > 0.08
+    assert 0.2 < kept[damaged].mean() < 0.5
+    x, twin = a.X.toarray()[damaged], a.layers["clean"].toarray()[damaged]
+    ribo = np.array([g.startswith(("RPL", "RPS")) for g in a.var_names])
+    other = ~ribo & ~np.array([g.startswith("MT-") for g in a.var_names])
+    # ribosomal-protein transcripts leave a leaky cell first
+    assert x[:, ribo].sum() / twin[:, ribo].sum() < 0.8 * x[:, other].sum() / twin[:, other].sum()
+    retention = a.uns["truth"]["damage_retention"]
+    kept_share = x[:, other].sum(0) / np.maximum(twin[:, other].sum(0), 1)
+    well = twin[:, other].sum(0) > 200
+    assert np.corrcoef(retention[other][well], kept_share[well])[0, 1] > 0.6
+    # off by default: the old screen, draw for draw
+    b = simulate_screen(n_cells=1200, n_genes=200, seed=4)
+    assert (b.obs["damage_kept"] == 1).all() and not b.uns["truth"]["damage_retention"].any()
