@@ -120,6 +120,12 @@ class _GuideBase(PyroModule):
             loc = loc - p_off - (a_off if a_off is not None else 0.0)
         return dist.Normal(loc, scale)
 
+    def basal_estimate(self, counts, dosage, library, globals_):
+        """The mean of q(basal | x) with no artifact offset, detached: what the QC part
+        reads of the cell's biology (the counts train the encoder, not the QC terms)."""
+        q = self.basal_distribution(self.basal_features(counts, library), dosage, None, *globals_)
+        return q.loc.detach()
+
     def sample_basal(self, counts, dosage, artifact, library, globals_):
         """Draw ``basal`` (inside the ``cells`` plate)."""
         q = self.basal_distribution(self.basal_features(counts, library), dosage, artifact, *globals_)
@@ -137,9 +143,11 @@ class ArtifactGuide(PyroModule):
     """q(flag_sensitivity) q(flag_specificity) q(artifact | flags, qc), for a latent artifact state.
 
     q(artifact) is the exact posterior of the model's QC part,
-    p(artifact | QC flags, QC covariates, sensitivity, specificity), by
+    p(artifact | QC flags, QC covariates, sensitivity, specificity, basal), by
     enumeration of the 2^K joint states (:meth:`ArtifactEvidence.posterior`),
-    with the model's current covariate parameters. It is a *cut* (modular
+    with the model's current covariate parameters and, for the covariates'
+    biological part, the guide's estimate of the basal state (the mean of
+    q(basal | x) without an artifact offset, detached). It is a *cut* (modular
     inference): the counts do not inform it, so the causes cannot turn into
     clusters of biological states, which they did when an amortised q was
     trained on the whole ELBO (clean cells given artifact probabilities of
@@ -168,16 +176,18 @@ class ArtifactGuide(PyroModule):
         c = self.specificity_concentration
         return pyro.sample("flag_specificity", dist.Beta(c[..., 0], c[..., 1]).to_event(1))
 
-    def posterior(self, flags, qc, sensitivity, specificity):
-        """q(artifact | flags, qc) at the given rates (a :class:`BinaryStates`)."""
+    def posterior(self, flags, qc, sensitivity, specificity, basal=None):
+        """q(artifact | flags, qc, basal) at the given rates (a :class:`BinaryStates`)."""
         model = self.model_ref[0]
         return model.artifact_evidence.posterior(model.artifact_freq, flags, qc, sensitivity,
-                                                 specificity)
+                                                 specificity, basal)
 
-    def sample_artifact(self, flags, qc, rates):
-        """Draw ``artifact`` (inside the ``cells`` plate) given the drawn rates."""
+    def sample_artifact(self, flags, qc, rates, basal=None):
+        """Draw ``artifact`` (inside the ``cells`` plate) given the drawn rates and, where
+        given, an estimate of the basal state (the biology's part of the covariates)."""
         # a cut: the counts must not inform the QC part (so no score-function term for it)
-        return pyro.sample("artifact", self.posterior(flags, qc, *rates), infer={"cut": True})
+        return pyro.sample("artifact", self.posterior(flags, qc, *rates, basal),
+                           infer={"cut": True})
 
     def mean_rates(self):
         """Posterior means of sensitivity and specificity."""
@@ -300,7 +310,8 @@ class CorrelatedGuide(_GuideBase):
             library = counts.sum(-1)
         with cells_plate(counts, cell_index, num_cells):
             if latent:  # abduct the artifact state from its QC evidence; q(basal) reads it
-                artifact = self.artifact_guide.sample_artifact(flags, qc, flag_rates)
+                artifact = self.artifact_guide.sample_artifact(
+                    flags, qc, flag_rates, self.basal_estimate(counts, dosage, library, globals_))
             self.sample_basal(counts, dosage, artifact, library, globals_)
 
 

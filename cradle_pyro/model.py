@@ -149,7 +149,7 @@ class CradleModel(PyroModule):
             self.artifact_evidence = ArtifactEvidence(
                 config.artifact_causes, self.n_flags if config.artifact_evidence != "covariates" else 0,
                 covariates if config.artifact_evidence != "flags" else [],
-                config.flag_sensitivity_prior, config.flag_specificity_prior)
+                config.flag_sensitivity_prior, config.flag_specificity_prior, config.latent_dim)
 
     @classmethod
     def from_data(cls, data, config: ModelConfig | None = None) -> "CradleModel":
@@ -385,9 +385,9 @@ class CradleModel(PyroModule):
                                  .to_event(1), obs=dosage)
             artifact = pyro.sample("artifact", bernoulli_pmf(self.artifact_freq)
                                    .expand([n, self.n_artifacts]).to_event(1), obs=artifact)
-            if latent:
-                self.artifact_evidence.observe(artifact, flags, qc, *flag_rates)
             basal = pyro.sample("basal", self._prior("basal", "normal", (n, self.latent_dim)).to_event(1))
+            if latent:  # the QC covariates follow the cell's biology (basal) and its artifacts
+                self.artifact_evidence.observe(artifact, flags, qc, *flag_rates, basal=basal)
             z = self.combine(basal, self.perturbation_offset(dosage, effect, mask),
                              self.artifact_offset(artifact, artifact_effect))
             if library is None or library_effect is not None:

@@ -4,7 +4,7 @@ Imports :mod:`cradle_pyro` (the model side); never the reverse.
 """
 
 from .artifacts import add_artifact_posterior, artifact_posterior
-from .counterfactuals import counterfactual
+from .counterfactuals import cleaning_against_twins, counterfactual
 from .cross_validation import cross_validate
 from .effects import PosteriorATE, data_ate, model_ate, posterior_ate, sample_cells
 from .embeddings import add_latents, latent_representation
@@ -28,6 +28,7 @@ __all__ = [
     "SiteScale",
     "TrainConfig",
     "TrainedRun",
+    "cleaning_against_twins",
     "counterfactual",
     "cross_validate",
     "data_ate",

@@ -5,20 +5,29 @@ For a model whose artifact state is latent (``ModelConfig(artifact_state="latent
 computed exactly over the 2^K joint states, from one of two bodies of evidence
 (``abduct_from``):
 
-``"counts+qc"`` (default)
-    p(artifact | counts, QC) ∝ p(artifact | QC) · p(counts | artifact), where
-    p(counts | artifact = s) = ∫ p(counts | basal, s) p(basal) d basal is
-    estimated by importance sampling with the guide's q(basal | counts, s) as
-    proposal (:func:`state_log_evidence`; ``num_particles`` draws, the globals
-    shared by all states). So the expression profile can clear a clean cell
-    whose QC covariates sit in a damaged-looking tail, and convict a damaged
-    cell that QC missed.
-``"qc"``
+``"qc"`` (default)
     p(artifact | QC flags, QC covariates) alone: the guide's own factor, a
-    *cut* under which the counts do not inform the state. Training uses this
-    one (see :class:`~cradle_pyro.guides.ArtifactGuide`: with the counts in
-    q during training the causes turned into clusters of biological states);
-    the counts enter only at query time, with the trained model.
+    *cut* under which the counts do not inform the state (except through the
+    guide's estimate of the basal state, which the covariates' biological part
+    reads). Training uses this one (see :class:`~cradle_pyro.guides.ArtifactGuide`:
+    with the counts in q during training the causes turned into clusters of
+    biological states).
+``"counts+qc"``
+    p(artifact | counts, QC) ∝ p(artifact) · p(counts, QC | artifact), where
+    p(counts, QC | artifact = s) = ∫ p(counts | basal, s) p(QC | basal, s) p(basal) d basal
+    is estimated by importance sampling with the guide's q(basal | counts, s) as
+    proposal (:func:`state_log_evidence`; ``num_particles`` draws, the globals
+    shared by all states). The QC covariates have a biological part (they
+    follow the basal state, :mod:`cradle_pyro.artifact_state`), so a cell's
+    profile says how much of its QC tail is its biology: the profile itself
+    can clear a clean cell whose QC covariates sit in a damaged-looking tail,
+    or convict a damaged cell that QC missed. The counts enter only at query
+    time, with the trained model.
+
+The default was chosen on simulated screens with clean twins
+(``benchmarks/latent_artifacts.py``): with the model as it stands, the counts'
+evidence (tens of nats per cell) overrules the QC evidence and pushed clean
+cells into the causes more often than it cleared them.
 
 :func:`artifact_posterior` returns both beside the k·MAD flags, and
 :func:`add_artifact_posterior` writes them to an AnnData's ``obs``.
@@ -52,17 +61,21 @@ import torch
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
 
-from cradle_pyro.distributions import BinaryStates, binary_states
+from cradle_pyro.distributions import BinaryStates, bernoulli_pmf, binary_states
 from cradle_pyro.errors import CradleInputError
 from cradle_pyro.guides import ArtifactGuide, guide_part
 
 from .outputs import save_figure
 from .seeding import keeps_global_rng
 
-ABDUCT_FROM = ("counts+qc", "qc")
-DEFAULT_ABDUCT_FROM = "counts+qc"
+ABDUCT_FROM = ("qc", "counts+qc")
+DEFAULT_ABDUCT_FROM = "qc"
+# column prefixes of the two posteriors side by side (artifact_posterior)
+SIDE_BY_SIDE = {"qc": "qc_", "counts+qc": "counts_qc_"}
 NUM_PARTICLES = 8
 CHUNK_ELEMENTS = 16_000_000
+# the model's sites that weigh a joint artifact state: the counts, the QC evidence, the basal prior
+EVIDENCE_SITES = ("counts", "qc", "artifact_flag", "basal")
 # keys of the model's call that are not per-cell tensors (a tiled call predicts every row)
 _UNTILED = {"cell_index": None, "num_cells": None, "reference": None}
 
@@ -101,20 +114,21 @@ def _artifact_guide(model, guide) -> ArtifactGuide:
 
 
 def qc_log_posterior(model, guide, kwargs) -> torch.Tensor:
-    """log p(artifact = s | QC flags, QC covariates), (cells, 2^K): the cut posterior,
-    at the posterior mean of the flags' sensitivity and specificity."""
-    part = _artifact_guide(model, guide)
-    rates = part.mean_rates() if part.n_flags else (None, None)
-    return part.posterior(kwargs["flags"], kwargs["qc"], *rates).logits
+    """log q(artifact = s | QC flags, QC covariates), (cells, 2^K): the guide's own factor,
+    the cut posterior of the QC part (given the guide's draw of the flags' rates and its
+    estimate of the basal state, which the covariates' biological part reads)."""
+    _artifact_guide(model, guide)
+    trace = poutine.trace(guide).get_trace(**dict(kwargs, **_UNTILED))
+    return trace.nodes["artifact"]["fn"].logits
 
 
 def state_log_evidence(model, guide, kwargs, num_particles: int = NUM_PARTICLES) -> torch.Tensor:
-    """log p(counts | artifact = s) per cell and joint state s, (cells, 2^K).
+    """log p(counts, QC | artifact = s) per cell and joint state s, (cells, 2^K).
 
     An importance-weighted estimate: for each of ``num_particles`` draws of the
     globals from the guide (shared by all states, so the states are compared on
     common random numbers), basal ~ q(basal | counts, s) and the weight
-    p(counts | basal, s) p(basal) / q(basal | counts, s); the log of the mean
+    p(counts, QC | basal, s) p(basal) / q(basal | counts, s); the log of the mean
     weight. The cells are tiled once per state and the particles vectorised
     (in chunks of about :data:`CHUNK_ELEMENTS` count-matrix entries), so a few
     guide and model passes serve all 2^K states.
@@ -134,7 +148,8 @@ def state_log_evidence(model, guide, kwargs, num_particles: int = NUM_PARTICLES)
                                                   dim=-2):
             guide_trace = poutine.trace(guide).get_trace(**tiled)
             model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(**tiled)
-        w = _site_log_prob(model_trace, "counts") + _site_log_prob(model_trace, "basal")
+        w = sum(_site_log_prob(model_trace, name) for name in EVIDENCE_SITES
+                if name in model_trace.nodes)
         weights.append((w - _site_log_prob(guide_trace, "basal")).reshape(-1, S * n))
     log_evidence = torch.cat(weights).logsumexp(0) - math.log(num_particles)
     return log_evidence.reshape(S, n).T
@@ -146,9 +161,11 @@ def _site_log_prob(trace, name) -> torch.Tensor:
 
 
 def full_log_posterior(model, guide, kwargs, num_particles: int = NUM_PARTICLES) -> torch.Tensor:
-    """log p(artifact = s | counts, QC), (cells, 2^K), normalised over the states."""
-    logits = qc_log_posterior(model, guide, kwargs) + state_log_evidence(model, guide, kwargs,
-                                                                          num_particles)
+    """log p(artifact = s | counts, QC), (cells, 2^K), normalised over the states:
+    the prior of each joint state plus :func:`state_log_evidence`."""
+    states = binary_states(model.n_artifacts, kwargs["counts"].device, kwargs["counts"].dtype)
+    log_prior = bernoulli_pmf(model.artifact_freq).log_prob(states).sum(-1)
+    logits = log_prior + state_log_evidence(model, guide, kwargs, num_particles)
     return logits - logits.logsumexp(-1, keepdim=True)
 
 
@@ -179,7 +196,7 @@ def posterior_columns(logits: torch.Tensor, causes, prefix: str) -> dict:
 @keeps_global_rng
 def artifact_posterior(model, guide, data, split: str | None = None, batch_size: int = 512,
                        abduct_from: str = DEFAULT_ABDUCT_FROM, num_particles: int = NUM_PARTICLES,
-                       seed: int = 0) -> pd.DataFrame:
+                       seed: int = 0, side_by_side: bool = True) -> pd.DataFrame:
     """P(artifact cause = 1 | cell) per cell and cause, beside the QC flags.
 
     Parameters
@@ -190,13 +207,15 @@ def artifact_posterior(model, guide, data, split: str | None = None, batch_size:
         :class:`~cradle_pyro.data.PerturbationData`; ``split`` picks cells
         (all by default).
     abduct_from
-        ``"counts+qc"`` (default): from the counts and the QC evidence
-        together; ``"qc"``: from the QC flags and covariates alone (the cut
-        used in training). See the module docstring.
+        ``"qc"`` (default): from the QC flags and covariates alone (the cut
+        used in training); ``"counts+qc"``: from the counts and the QC
+        evidence together. See the module docstring.
     num_particles
         Importance draws per state for the counts' evidence.
     seed
         Of those draws (the global random state is left as it was).
+    side_by_side
+        Also give both posteriors under their own names (default).
 
     Returns
     -------
@@ -204,9 +223,10 @@ def artifact_posterior(model, guide, data, split: str | None = None, batch_size:
         Indexed by cell: ``p_<cause>`` (posterior probability of each latent
         cause, at the posterior mean of the flags' sensitivity and
         specificity), ``p_any`` (of at least one), from ``abduct_from``'s
-        evidence; with ``"counts+qc"`` also ``qc_p_<cause>`` and ``qc_p_any``,
-        the same from the QC evidence alone, side by side; ``flag_<criterion>``
-        (each QC flag, 0/1).
+        evidence (what counterfactual abduction draws from); with
+        ``side_by_side`` also ``qc_p_<cause>``, ``qc_p_any`` (QC evidence
+        alone) and ``counts_qc_p_<cause>``, ``counts_qc_p_any`` (counts and QC
+        together); ``flag_<criterion>`` (each QC flag, 0/1).
     """
     check_abduct_from(abduct_from)
     causes = model.config.artifact_causes
@@ -216,14 +236,15 @@ def artifact_posterior(model, guide, data, split: str | None = None, batch_size:
     with torch.no_grad():
         for batch in data.batches(split, batch_size=batch_size, shuffle=False, device=model.device):
             kwargs = batch.model_kwargs()
-            qc_logits = qc_log_posterior(model, guide, kwargs)
-            cols = {}
-            if abduct_from == "counts+qc":
-                cols.update(posterior_columns(full_log_posterior(model, guide, kwargs, num_particles),
-                                     causes, ""))
-                cols.update(posterior_columns(qc_logits, causes, "qc_"))
-            else:
-                cols.update(posterior_columns(qc_logits, causes, ""))
+            logits = {}
+            if abduct_from == "qc" or side_by_side:
+                logits["qc"] = qc_log_posterior(model, guide, kwargs)
+            if abduct_from == "counts+qc" or side_by_side:
+                logits["counts+qc"] = full_log_posterior(model, guide, kwargs, num_particles)
+            cols = posterior_columns(logits[abduct_from], causes, "")
+            if side_by_side:
+                for source, prefix in SIDE_BY_SIDE.items():
+                    cols.update(posterior_columns(logits[source], causes, prefix))
             parts.append(cols)
             index.append(batch.cell_index.cpu().numpy())
     idx = np.concatenate(index)
@@ -247,19 +268,21 @@ def add_artifact_posterior(adata, model, guide, data, prefix: str = "cradle_") -
 def artifact_summary(post: pd.DataFrame) -> dict:
     """How the posterior and the QC flags disagree: cells flagged but abducted clean
     (P(any cause) < 0.5) and cells unflagged but abducted as artifacts; with both
-    posteriors (``qc_p_any`` beside ``p_any``), also the cells the counts cleared
-    (an artifact by the QC evidence alone, clean with the counts) and convicted."""
+    posteriors side by side, also the cells the counts cleared (an artifact by the
+    QC evidence alone, clean with the counts) and convicted."""
     flags = post.filter(like="flag_").max(1).to_numpy() > 0
     artifact = post["p_any"].to_numpy() >= 0.5
     out = {"n_cells": int(len(post)), "flagged": int(flags.sum()),
            "abducted_artifact": int(artifact.sum()),
            "flagged_but_clean": int((flags & ~artifact).sum()),
            "unflagged_but_artifact": int((~flags & artifact).sum())}
-    if "qc_p_any" in post:
+    if "qc_p_any" in post and "counts_qc_p_any" in post:
         by_qc = post["qc_p_any"].to_numpy() >= 0.5
+        with_counts = post["counts_qc_p_any"].to_numpy() >= 0.5
         out.update(abducted_artifact_from_qc=int(by_qc.sum()),
-                   cleared_by_counts=int((by_qc & ~artifact).sum()),
-                   convicted_by_counts=int((~by_qc & artifact).sum()))
+                   abducted_artifact_with_counts=int(with_counts.sum()),
+                   cleared_by_counts=int((by_qc & ~with_counts).sum()),
+                   convicted_by_counts=int((~by_qc & with_counts).sum()))
     for col in post.columns:
         if col.startswith("p_") and col != "p_any":
             out[f"mean_{col}"] = float(post[col].mean())
@@ -273,9 +296,10 @@ def describe_artifact_summary(summary: dict) -> str:
             f"{summary['flagged_but_clean']} flagged but abducted clean, "
             f"{summary['unflagged_but_artifact']} unflagged but abducted as artifacts")
     if "cleared_by_counts" in summary:
-        text += (f"; from the QC evidence alone {summary['abducted_artifact_from_qc']} would be "
-                 f"artifacts: the counts cleared {summary['cleared_by_counts']} of them and "
-                 f"convicted {summary['convicted_by_counts']} other cells")
+        text += (f"; from the QC evidence alone {summary['abducted_artifact_from_qc']} are "
+                 f"artifacts, from the counts and QC together "
+                 f"{summary['abducted_artifact_with_counts']}: the counts cleared "
+                 f"{summary['cleared_by_counts']} and convicted {summary['convicted_by_counts']}")
     return text
 
 
@@ -294,7 +318,7 @@ def artifact_figure(post: pd.DataFrame, data, path) -> None:
     pairs = [(a, b) for a, b in (("log_total_counts", "logit_pct_mt"),
                                  ("log_total_counts", "log_n_genes"),
                                  ("log_total_counts", "doublet_score")) if a in names and b in names]
-    both = "qc_p_any" in post
+    both = "qc_p_any" in post and "counts_qc_p_any" in post
     panels = len(pairs) + 1 + both
     fig = Figure(figsize=(4.2 * panels, 3.8))
     axes = fig.subplots(1, panels, squeeze=False)[0]
@@ -310,7 +334,8 @@ def artifact_figure(post: pd.DataFrame, data, path) -> None:
         fig.colorbar(sc, ax=ax, label="P(any artifact cause)")
     if both:  # the same cells judged on the QC evidence alone and with their counts
         ax = axes[-2]
-        ax.scatter(post["qc_p_any"], p, s=4, c=np.where(flags, "red", "grey"))
+        ax.scatter(post["qc_p_any"], post["counts_qc_p_any"], s=4,
+                   c=np.where(flags, "red", "grey"))
         ax.plot([0, 1], [0, 1], lw=0.5, color="black")
         ax.set_xlabel("P(any cause | QC evidence alone)")
         ax.set_ylabel("P(any cause | counts and QC)")

@@ -37,18 +37,20 @@ def _tiny(seed=0, n=4, genes=5):
 
 
 def _prior_monte_carlo(model, kwargs, state, draws=40_000):
-    """log p(counts | artifact = state) = log E_{basal ~ prior} p(counts | basal, state), per cell."""
+    """log p(counts, qc | artifact = state) = log E_{basal ~ prior} p(counts, qc | basal, state)."""
     n = kwargs["counts"].shape[0]
     rows = {k: (v.repeat_interleave(draws, 0) if torch.is_tensor(v) else v) for k, v in kwargs.items()}
     trace = poutine.trace(poutine.condition(model, data={"artifact": state.expand(n * draws, -1)})
                           ).get_trace(**rows)
-    site = trace.nodes["counts"]
-    lp = site["fn"].log_prob(site["value"]).double().reshape(n, draws)
+    lp = sum(trace.nodes[name]["fn"].log_prob(trace.nodes[name]["value"]) for name in ("counts", "qc"))
+    lp = lp.double().reshape(n, draws)
     return (lp.logsumexp(1) - math.log(draws)).numpy()
 
 
-def test_state_evidence_is_the_marginal_likelihood_of_the_counts():
+def test_state_evidence_is_the_marginal_likelihood_of_counts_and_qc():
     model, guide, kwargs = _tiny()
+    with torch.no_grad():  # the covariate follows the basal state: the evidence must integrate it
+        model.artifact_evidence.qc_basal.fill_(0.8)
     with torch.no_grad():
         estimate = state_log_evidence(model, guide, kwargs, num_particles=4000).numpy()
         for s, state in enumerate(binary_states(1)):
@@ -58,13 +60,15 @@ def test_state_evidence_is_the_marginal_likelihood_of_the_counts():
     assert np.abs(estimate[:, 1] - estimate[:, 0]).max() > 0.2
 
 
-def test_full_posterior_is_qc_posterior_times_counts_evidence():
+def test_full_posterior_is_prior_times_evidence():
     model, guide, kwargs = _tiny(seed=1)
     torch.manual_seed(3)
     with torch.no_grad():
         full = full_log_posterior(model, guide, kwargs, num_particles=16)
         torch.manual_seed(3)
-        by_hand = qc_log_posterior(model, guide, kwargs) + state_log_evidence(model, guide, kwargs, 16)
+        prior = torch.log(torch.stack([1 - model.artifact_freq[0], model.artifact_freq[0]]))
+        by_hand = prior + state_log_evidence(model, guide, kwargs, 16)
+        assert qc_log_posterior(model, guide, kwargs).shape == full.shape
     by_hand = by_hand - by_hand.logsumexp(-1, keepdim=True)
     torch.testing.assert_close(full, by_hand)
     assert torch.allclose(full.exp().sum(-1), torch.ones(full.shape[0]))

@@ -155,3 +155,23 @@ def test_saved_latent_run_gives_the_same_posterior(tmp_path, screen, latent_run)
     assert list(view.obs.columns)[:len(before)] == before
     np.testing.assert_allclose(view.obs["cradle_p_damaged"].to_numpy(), a["p_damaged"].to_numpy(),
                                atol=1e-5)
+
+
+def test_qc_covariates_follow_the_basal_state():
+    """A high mitochondrial share that the cell's biology predicts does not convict it;
+    the same share in a cell whose biology does not predict it does. The doublet score
+    measures an artifact and does not follow the basal state."""
+    names = ["log_total_counts", "logit_pct_mt", "doublet_score"]
+    cfg = ModelConfig(artifact_state="latent", latent_dim=2)
+    model = CradleModel(10, 1, 1, cfg, artifact_freq=[0.05] * 3, n_qc_covariates=3,
+                        qc_covariate_names=names)
+    ev = model.artifact_evidence
+    with torch.no_grad():
+        ev.qc_basal.copy_(torch.tensor([[-2.0, 3.0, 3.0], [0.0, 0.0, 0.0]]))
+    basal = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    loc = ev.covariate_distribution(torch.zeros(2, 3), basal).loc
+    assert torch.allclose(loc[0] - loc[1], torch.tensor([-2.0, 3.0, 0.0]))
+    qc = torch.tensor([[-2.0, 3.0, 0.0], [-2.0, 3.0, 0.0]])  # same covariates, different biology
+    p = ev.posterior(model.artifact_freq, None, qc, None, None, basal).marginals().detach()
+    damaged = cfg.artifact_causes.index("damaged")
+    assert p[0, damaged] < 0.1 < 0.5 < p[1, damaged]

@@ -178,18 +178,19 @@ def test_latent_artifact_state_from_the_command_line(screen, run_dir, tmp_path, 
     # the twins' table: a row per group, distance after / before cleaning
     assert "clean_unflagged" in printed and "ratio" in printed
     post = pd.read_csv(tmp_path / "post.csv", index_col=0)
-    assert {"p_damaged", "p_low_complexity", "p_doublet", "p_any", "qc_p_any"} <= set(post.columns)
+    both = {"qc_p_any", "counts_qc_p_any", "counts_qc_p_damaged"}
+    assert {"p_damaged", "p_low_complexity", "p_doublet", "p_any"} | both <= set(post.columns)
     assert post["p_any"].between(0, 1).all() and len(post) == 600
+    np.testing.assert_array_equal(post["p_any"], post["qc_p_any"])  # the default: QC evidence
     assert (tmp_path / "post.png").stat().st_size > 0
-    assert main(["artifacts", str(out), "--out", str(tmp_path / "post_qc.csv"),
-                 "--abduct-from", "qc"]) == 0
-    qc_only = pd.read_csv(tmp_path / "post_qc.csv", index_col=0)
-    assert "qc_p_any" not in qc_only
-    np.testing.assert_allclose(qc_only["p_any"], post["qc_p_any"], rtol=1e-5, atol=1e-6)
+    assert main(["artifacts", str(out), "--out", str(tmp_path / "post_counts.csv"),
+                 "--abduct-from", "counts+qc"]) == 0
+    with_counts = pd.read_csv(tmp_path / "post_counts.csv", index_col=0)
+    np.testing.assert_allclose(with_counts["p_any"], post["counts_qc_p_any"], rtol=1e-5, atol=1e-6)
     assert main(["counterfactual", str(out), str(screen), "--do", "artifact=clean", "--out",
-                 str(tmp_path / "cf.h5ad"), "--abduct-from", "qc"]) == 0
+                 str(tmp_path / "cf.h5ad"), "--abduct-from", "counts+qc"]) == 0
     cf = ad.read_h5ad(tmp_path / "cf.h5ad")
-    assert "artifact_p_damaged" in cf.obs and cf.uns["abduct_from"] == "qc"
+    assert "artifact_p_damaged" in cf.obs and cf.uns["abduct_from"] == "counts+qc"
     assert main(["evaluate", str(out), "--out", str(tmp_path / "report"), "--n-cells", "30",
                  "--num-draws", "3"]) == 0
     assert (tmp_path / "report" / "figures" / "artifacts_cradle.png").stat().st_size > 0
