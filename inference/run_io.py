@@ -51,6 +51,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import torch
 
 from cradle_pyro.config import ModelConfig
 from cradle_pyro.data import PerturbationData
@@ -523,6 +524,21 @@ class RunData:
         raise AttributeError(name)
 
 
+# model tensors added after runs were first saved, and what a run saved without them meant:
+# the QC covariates' biological part (latent artifact state) started at none
+LATER_MODEL_TENSORS = ("artifact_evidence.qc_basal", "artifact_evidence.qc_biological")
+
+
+def _with_later_defaults(model, state: dict) -> dict:
+    """A saved model state, with the tensors added since it was saved at their defaults."""
+    own = model.state_dict()
+    later = {k: v for k, v in own.items() if k not in state and k.startswith(LATER_MODEL_TENSORS)}
+    if later:
+        with torch.no_grad():  # a run saved before the biological part had none
+            later = {k: (torch.zeros_like(v) if "qc_basal" in k else v) for k, v in later.items()}
+    return {**state, **later}
+
+
 def load_run(run_dir, adata: ad.AnnData | None = None, device="cpu") -> TrainedRun:
     """Load a run folder written by :func:`save_run` (tensors only, ``weights_only=True``).
 
@@ -572,7 +588,7 @@ def _load_weights(run_dir: Path, config: dict, data, device) -> TrainedRun:
     else:
         model = CradleModel.from_data(data, mc)
         guide = make_guide(config["guide"], model, data.gene_mean, data.gene_std)
-    model.load_state_dict(load_tensors(run_dir / "model.pt", device))
+    model.load_state_dict(_with_later_defaults(model, load_tensors(run_dir / "model.pt", device)))
     guide.load_state_dict(load_tensors(run_dir / "guide.pt", device))
     model.to(device).eval()
     guide.to(device).eval()

@@ -175,3 +175,15 @@ def test_qc_covariates_follow_the_basal_state():
     p = ev.posterior(model.artifact_freq, None, qc, None, None, basal).marginals().detach()
     damaged = cfg.artifact_causes.index("damaged")
     assert p[0, damaged] < 0.1 < 0.5 < p[1, damaged]
+
+
+def test_a_run_saved_before_the_biological_part_loads_without_it(tmp_path, screen, latent_run):
+    """Runs saved before qc_basal existed load with it at zero (what they were trained with)."""
+    _, data = screen
+    path = save_run(latent_run, tmp_path / "run")
+    state = torch.load(path / "model.pt")
+    old = {k: v for k, v in state.items() if "qc_basal" not in k and "qc_biological" not in k}
+    torch.save(old, path / "model.pt")
+    run = load_run(path)
+    assert float(run.model.artifact_evidence.qc_basal.abs().sum()) == 0.0
+    assert run.model.artifact_evidence.qc_biological.tolist()[-1] == 0.0  # the doublet score
