@@ -35,9 +35,14 @@ SUITES = {
                  "clean twins", [
                      ("simulator_effects.py", ["simulator_effects.json"]),
                      ("simulator_recovery.py", ["simulator_recovery.json"]),
-                     ("latent_artifacts.py", ["latent_artifacts_latent.json",
-                                              "latent_artifacts_observed.json"]),
+                     ("latent_artifacts.py --setting standard", ["latent_artifacts_standard.json"]),
+                     ("latent_artifacts.py --setting overlap", ["latent_artifacts_overlap.json"]),
+                     ("latent_artifacts.py --setting signature --states latent",
+                      ["latent_artifacts_signature.json"]),
                      ("papalexi_artifacts.py", ["papalexi_artifacts.json"]),
+                     ("papalexi_artifacts.py --states latent "
+                      "--out benchmarks/results/papalexi_artifacts_abduction.json",
+                      ["papalexi_artifacts_abduction.json"]),
                      ("simulated_interactions.py", ["simulated_interactions.json"]),
                  ]),
     "calibration": ("whether intervals cover at their nominal rate", [
