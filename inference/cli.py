@@ -565,9 +565,10 @@ def cmd_evaluate(args):
         name = members[0].model_config.model
         runs[name if name not in runs else Path(path).name] = members
     data = next(iter(runs.values()))[0].data
+    twins = _read(args.twins) if args.twins else None
     report = evaluate(runs, data, args.out, split=args.split, num_draws=args.num_draws,
                       progress=not args.quiet,
-                      n_cells=args.n_cells, seed=args.seed, basal=args.basal)
+                      n_cells=args.n_cells, seed=args.seed, basal=args.basal, twins=twins)
     _print_headline(report, args.out)
 
 
@@ -900,6 +901,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--compare", action="append", help="other run folders to evaluate beside it")
     p.add_argument("--split", default="test", help="which cells to evaluate on (default test)")
+    p.add_argument("--twins", default=None, metavar="H5AD",
+                   help="a simulated screen whose cells keep their clean twins: the report "
+                        "then says how far cleaning brought each group of cells to its twins")
     add_draws_arguments(p)
     add_basal_argument(p)
     p.set_defaults(func=cmd_evaluate)

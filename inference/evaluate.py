@@ -288,13 +288,14 @@ def markdown_report(report: dict) -> str:
             a = m["artifact_posterior"]
             lines += ["", f"Latent artifact state ({name}): {describe_artifact_summary(a)}.", "",
                       f"![artifact posterior, {name}](figures/artifacts_{_safe(name)}.png)", ""]
-            if "twin_cleaning" in m:
-                lines += [f"Cleaning against the simulator's clean twins ({name}; ratio: "
-                          "distance to the twin after / before cleaning):", "",
-                          "| group | cells | after | before | ratio |", "|---|---|---|---|---|"]
-                lines += [f"| {g} | {r['n']} | {f(r['cf_mse'])} | {f(r['factual_mse'])} | "
-                          f"{f(r['ratio'])} |" for g, r in m["twin_cleaning"].items()]
-                lines.append("")
+        if "twin_cleaning" in m:
+            lines += ["", f"Cleaning against the simulator's clean twins ({name}; distance in "
+                      "log1p(CP10k) to the twin's expected profile after and before "
+                      "`do(artifact=clean)`; ratio below 1: brought closer, 1: left alone):", "",
+                      "| group | cells | after | before | ratio |", "|---|---|---|---|---|"]
+            lines += [f"| {g} | {r['n']} | {f(r['cf_mse'])} | {f(r['factual_mse'])} | "
+                      f"{f(r['ratio'])} |" for g, r in m["twin_cleaning"].items()]
+            lines.append("")
     for name in report["models"]:
         lines.append(f"![QC of generated cells, {name}](figures/qc_{_safe(name)}.png)")
         lines.append(f"![UMAPs of the basal state and the full latent, {name}]"

@@ -192,9 +192,10 @@ def test_latent_artifact_state_from_the_command_line(screen, run_dir, tmp_path, 
     cf = ad.read_h5ad(tmp_path / "cf.h5ad")
     assert "artifact_p_damaged" in cf.obs and cf.uns["abduct_from"] == "counts+qc"
     assert main(["evaluate", str(out), "--out", str(tmp_path / "report"), "--n-cells", "30",
-                 "--num-draws", "3"]) == 0
+                 "--num-draws", "3", "--twins", str(screen)]) == 0
     assert (tmp_path / "report" / "figures" / "artifacts_cradle.png").stat().st_size > 0
-    assert "abducted as artifacts" in (tmp_path / "report" / "report.md").read_text()
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "abducted as artifacts" in report and "| clean_unflagged |" in report
     capsys.readouterr()
     # a run that observes its artifact state has no posterior to report: one line, exit 2
     assert main(["artifacts", str(run_dir), "--out", str(tmp_path / "x.csv")]) == 2
