@@ -189,11 +189,6 @@ class ArtifactGuide(PyroModule):
         return pyro.sample("artifact", self.posterior(flags, qc, *rates, basal),
                            infer={"cut": True})
 
-    def mean_rates(self):
-        """Posterior means of sensitivity and specificity."""
-        c, s = self.sensitivity_concentration, self.specificity_concentration
-        return c[..., 0] / c.sum(-1), s[..., 0] / s.sum(-1)
-
     def forward(self, counts=None, dosage=None, artifact=None, library=None, *, qc=None,
                 flags=None, cell_index=None, num_cells=None, reference=None, n_cells=None):
         rates = (None, None)

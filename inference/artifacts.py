@@ -221,8 +221,8 @@ def artifact_posterior(model, guide, data, split: str | None = None, batch_size:
     -------
     DataFrame
         Indexed by cell: ``p_<cause>`` (posterior probability of each latent
-        cause, at the posterior mean of the flags' sensitivity and
-        specificity), ``p_any`` (of at least one), from ``abduct_from``'s
+        cause; the QC evidence's at one guide draw of the flags' sensitivity
+        and specificity and of the globals), ``p_any`` (of at least one), from ``abduct_from``'s
         evidence (what counterfactual abduction draws from); with
         ``side_by_side`` also ``qc_p_<cause>``, ``qc_p_any`` (QC evidence
         alone) and ``counts_qc_p_<cause>``, ``counts_qc_p_any`` (counts and QC

@@ -565,7 +565,7 @@ def cmd_evaluate(args):
         name = members[0].model_config.model
         runs[name if name not in runs else Path(path).name] = members
     data = next(iter(runs.values()))[0].data
-    twins = _read(args.twins) if args.twins else None
+    twins = _read_twins(args.twins)
     report = evaluate(runs, data, args.out, split=args.split, num_draws=args.num_draws,
                       progress=not args.quiet,
                       n_cells=args.n_cells, seed=args.seed, basal=args.basal, twins=twins)
@@ -593,11 +593,7 @@ def cmd_artifacts(args):
     from .run_io import load_run
 
     run = load_run(args.run, device=args.device)
-    twins = _read(args.twins) if args.twins else None
-    if twins is not None and not {"clean_expected", "clean"} & set(twins.layers):
-        raise CradleInputError(f"--twins {args.twins}: no layers['clean_expected'] or ['clean'] "
-                               "(the cells' clean twins): pass a screen from simulate_screen "
-                               "(keep_expected=True for the noise-free twins)")
+    twins = _read_twins(args.twins)
     post = artifact_posterior(run.model, run.guide, run.data, abduct_from=args.abduct_from)
     write_csv(post, args.out)
     print(f"wrote {args.out}: " + describe_artifact_summary(artifact_summary(post)))
@@ -717,6 +713,27 @@ def add_draws_arguments(p):
                         "then moves Norman's held-out r by < 0.01)")
     p.add_argument("--n-cells", type=POSITIVE_INT, default=N_CELLS,
                    help=f"clean cells per draw and condition (default {N_CELLS})")
+
+
+def add_twins_argument(p, what: str):
+    """--twins: a simulated screen whose cells keep their clean twins."""
+    p.add_argument("--twins", default=None, metavar="H5AD",
+                   help="a simulated screen whose cells keep their clean twins (layers "
+                        f"clean_expected or clean): {what}")
+
+
+def _read_twins(path):
+    """The --twins file, its twin layer checked before any long work (``None`` without one)."""
+    if not path:
+        return None
+    from .counterfactuals import twin_layer
+
+    twins = _read(path)
+    try:
+        twin_layer(twins)
+    except CradleInputError as err:
+        raise CradleInputError(f"--twins {path}: {err}") from None
+    return twins
 
 
 def add_abduct_from_argument(p):
@@ -901,9 +918,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--compare", action="append", help="other run folders to evaluate beside it")
     p.add_argument("--split", default="test", help="which cells to evaluate on (default test)")
-    p.add_argument("--twins", default=None, metavar="H5AD",
-                   help="a simulated screen whose cells keep their clean twins: the report "
-                        "then says how far cleaning brought each group of cells to its twins")
+    add_twins_argument(p, "the report then says how far cleaning brought each group of "
+                          "cells to its twins")
     add_draws_arguments(p)
     add_basal_argument(p)
     p.set_defaults(func=cmd_evaluate)
@@ -914,10 +930,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure", default=None, help="also draw the posterior against the QC "
                    "metrics into this PNG")
     add_abduct_from_argument(p)
-    p.add_argument("--twins", default=None, metavar="H5AD",
-                   help="a simulated screen whose cells keep their clean twins "
-                        "(layers clean_expected): also clean every cell and print how far "
-                        "cleaning brought each group to its twin")
+    add_twins_argument(p, "also clean every cell and print how far cleaning brought each "
+                          "group to its twins")
     p.set_defaults(func=cmd_artifacts)
 
     p = run_cmd("embed", "latent representations of the training cells into obsm, for scanpy")

@@ -43,6 +43,7 @@ import torch
 from pyro import poutine
 
 from cradle_pyro.distributions import BinaryStates
+from cradle_pyro.errors import CradleInputError
 
 from .artifacts import (DEFAULT_ABDUCT_FROM, NUM_PARTICLES, ArtifactAbduction, check_abduct_from,
                         log_posterior, posterior_columns)
@@ -158,9 +159,10 @@ def counterfactual(model, guide, data, *, artifact=None, dosage=None, split=None
         then a re-simulation, not the cell); ``"independent"``: two independent
         draws.
     abduct_from, num_particles
-        With a latent artifact state: abduct it from ``"counts+qc"`` (default)
-        or ``"qc"`` alone (:mod:`cradle_pyro.inference.artifacts`); the
-        basal state is then drawn given the abducted artifact state.
+        With a latent artifact state: abduct it from the QC evidence alone
+        (``"qc"``, default) or from the counts and QC together (``"counts+qc"``;
+        :mod:`cradle_pyro.inference.artifacts`); the basal state is then drawn
+        given the abducted artifact state.
 
     Returns
     -------
@@ -284,6 +286,17 @@ def normalised_log_expression(x) -> np.ndarray:
     return np.log1p(1e4 * x / np.maximum(x.sum(1, keepdims=True), 1e-8))
 
 
+def twin_layer(twins: ad.AnnData) -> str:
+    """The layer holding a simulated screen's clean twins: ``"clean_expected"`` (noise-free)
+    where it exists, else ``"clean"`` (one noisy draw); refused in one line without either."""
+    for layer in ("clean_expected", "clean"):
+        if layer in twins.layers:
+            return layer
+    raise CradleInputError("the twins have no layers['clean_expected'] or ['clean'] (the cells' "
+                           "clean twins): pass a screen from simulate_screen (keep_expected=True "
+                           "for the noise-free twins)")
+
+
 def cleaning_against_twins(cf: ad.AnnData, twins: ad.AnnData, layer: str | None = None,
                            kind_column: str = "artifact_kind") -> pd.DataFrame:
     """How far ``do(artifact = clean)`` brought each group of cells to its clean twin.
@@ -307,9 +320,9 @@ def cleaning_against_twins(cf: ad.AnnData, twins: ad.AnnData, layer: str | None 
     twins
         The simulated AnnData (same cell names).
     layer
-        The twins' layer: ``"clean_expected"`` where it exists, else ``"clean"``.
+        The twins' layer (default: :func:`twin_layer`).
     """
-    layer = layer or ("clean_expected" if "clean_expected" in twins.layers else "clean")
+    layer = layer or twin_layer(twins)
     names = cf.obs_names
     twin = normalised_log_expression(twins[names].layers[layer])
     kind = twins.obs.loc[names, kind_column].astype(str).to_numpy()

@@ -51,7 +51,6 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-import torch
 
 from cradle_pyro.config import ModelConfig
 from cradle_pyro.data import PerturbationData
@@ -530,12 +529,10 @@ LATER_MODEL_TENSORS = ("artifact_evidence.qc_basal", "artifact_evidence.qc_biolo
 
 
 def _with_later_defaults(model, state: dict) -> dict:
-    """A saved model state, with the tensors added since it was saved at their defaults."""
-    own = model.state_dict()
-    later = {k: v for k, v in own.items() if k not in state and k.startswith(LATER_MODEL_TENSORS)}
-    if later:
-        with torch.no_grad():  # a run saved before the biological part had none
-            later = {k: (torch.zeros_like(v) if "qc_basal" in k else v) for k, v in later.items()}
+    """A saved model state, with the tensors added since it was saved at the freshly built
+    model's values (``qc_basal`` starts at zero: no biological part, as those runs had)."""
+    later = {k: v for k, v in model.state_dict().items()
+             if k not in state and k.startswith(LATER_MODEL_TENSORS)}
     return {**state, **later}
 
 

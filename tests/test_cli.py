@@ -196,6 +196,17 @@ def test_latent_artifact_state_from_the_command_line(screen, run_dir, tmp_path, 
     assert (tmp_path / "report" / "figures" / "artifacts_cradle.png").stat().st_size > 0
     report = (tmp_path / "report" / "report.md").read_text()
     assert "abducted as artifacts" in report and "| clean_unflagged |" in report
+    # a --twins file without twins is refused in one line, before any long work
+    bare = ad.read_h5ad(screen)
+    bare.layers.clear()
+    bare.write_h5ad(tmp_path / "bare.h5ad")
+    capsys.readouterr()
+    for cmd in (["evaluate", str(out), "--out", str(tmp_path / "r2")],
+                ["artifacts", str(out), "--out", str(tmp_path / "p2.csv")]):
+        assert main(cmd + ["--twins", str(tmp_path / "bare.h5ad")]) == 2
+        err = capsys.readouterr().err
+        assert "no layers['clean_expected']" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r2").exists() and not (tmp_path / "p2.csv").exists()
     capsys.readouterr()
     # a run that observes its artifact state has no posterior to report: one line, exit 2
     assert main(["artifacts", str(run_dir), "--out", str(tmp_path / "x.csv")]) == 2
