@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from cradle_pyro import PerturbationData, simulate_screen
-from cradle_pyro.inference.scoring import effect_slope, score_ates, summarise_scores
+from cradle_pyro.inference.scoring import effect_slope, score_ates_shared_controls, summarise_scores
 
 OUT = Path(__file__).resolve().parent / "results" / "effect_slope_check.json"
 
@@ -43,7 +43,7 @@ def main():
             singles = [c for c in truth.index if "+" not in c]
             preds = {"truth": truth, "half": truth * 0.5}
             new = effect_slope(preds, data, singles, seed=seed)["slope"]
-            old = summarise_scores(score_ates(preds, data, singles, split=None, additive=False,
+            old = summarise_scores(score_ates_shared_controls(preds, data, singles, split=None, additive=False,
                                               seed=seed))
             rel = old.loc["ceiling", "pearson_top"]
             results.setdefault(strength, {})[seed] = {

@@ -31,8 +31,8 @@ import torch
 from cradle_pyro import ModelConfig, PerturbationData, simulate_screen
 from cradle_pyro.inference import TrainConfig, fit
 from cradle_pyro.inference.effects import model_ate, posterior_ate
-from cradle_pyro.inference.scoring import (effect_slope, held_out_conditions, score_ates, single_conditions,
-                               summarise_scores)
+from cradle_pyro.inference.scoring import (effect_slope, held_out_conditions, score_ates,
+                                           score_ates_shared_controls, single_conditions, summarise_scores)
 from cradle_pyro.inference.selection import ValidationEffects
 from simulator_effects import recovery, truth_table
 
@@ -180,7 +180,7 @@ def norman_seed(adata, seed, model, scale, epochs=100, extra=None, train=None) -
     singles = single_conditions(data)
     ate = model_ate(run.model, run.guide, data, test + singles, seed=seed)
     held = summarise_scores(score_ates({"model": ate.loc[test]}, data, test, seed=seed))
-    seen = summarise_scores(score_ates({"model": ate.loc[singles]}, data, singles, split=None,
+    seen = summarise_scores(score_ates_shared_controls({"model": ate.loc[singles]}, data, singles, split=None,
                                        additive=False, seed=seed))
     out["seen_singles_slope_on_true_effect"] = float(
         effect_slope({"model": ate.loc[singles]}, data, singles, seed=seed).loc["model", "slope"])

@@ -34,7 +34,8 @@ from cradle_pyro.inference import TrainConfig, fit
 from cradle_pyro.inference.effects import model_ate
 from cradle_pyro.inference.evaluate import evaluate
 from cradle_pyro.inference.metrics import basal_leakage
-from cradle_pyro.inference.scoring import effect_slope, score_ates, single_conditions, summarise_scores
+from cradle_pyro.inference.scoring import (effect_slope, score_ates_shared_controls, single_conditions,
+                                           summarise_scores)
 
 ROOT = Path(__file__).resolve().parents[1]
 NORMAN = ROOT.parent / "shared" / "data" / "norman2019_k562_crispra_subset.h5ad"
@@ -45,7 +46,7 @@ def seen_singles(data, runs, seed):
     """Slope and r of each model on the seen singles (truth: all their clean cells)."""
     singles = single_conditions(data)
     ates = {name: model_ate(run.model, run.guide, data, singles, seed=seed) for name, run in runs.items()}
-    summary = summarise_scores(score_ates(ates, data, singles, split=None, additive=False, seed=seed))
+    summary = summarise_scores(score_ates_shared_controls(ates, data, singles, split=None, additive=False, seed=seed))
     unbiased = effect_slope(ates, data, singles, seed=seed)
     out = {}
     for name in runs:

@@ -35,7 +35,7 @@ from .validation import check_counts, check_shape_and_names, in_memory
 from .qc import (CRITERIA, QCThresholds, artifact_covariates, label_artifacts, qc_metrics,
                  robust_scale)
 from .references import ReferenceProfiles, build_reference_profiles
-from .splits import make_split, targets_of
+from .splits import HELDOUT_CONTROL_FRACTION, make_split, targets_of
 
 
 CHUNK_CELLS = 20_000  # cells per chunk of whole-data passes (standardisation)
@@ -232,6 +232,7 @@ class PerturbationData:
         split: str = "random",
         split_fractions=(0.8, 0.1, 0.1),
         heldout_fraction: float = 0.25,
+        heldout_control_fraction: float = HELDOUT_CONTROL_FRACTION,
         drop_labels=("unassigned",),
         non_integer_counts: str = "error",
         reference_cells: int = 50,
@@ -256,6 +257,10 @@ class PerturbationData:
         split
             ``"random"``, ``"unseen-combinations"`` or an obs column with
             ``train`` / ``val`` / ``test``.
+        heldout_fraction, heldout_control_fraction
+            For ``"unseen-combinations"``: the share of eligible combinations,
+            and of control cells, held out in ``test``
+            (:func:`cradle_pyro.splits.make_split`).
         drop_labels
             Condition labels whose cells are dropped (Papalexi's
             ``"unassigned"``); pass ``()`` to keep them as a condition of their own.
@@ -326,7 +331,8 @@ class PerturbationData:
             labels,
             "column" if split in view.obs else split,
             control_label=control_label, separator=combination_separator,
-            fractions=split_fractions, heldout_fraction=heldout_fraction, seed=seed,
+            fractions=split_fractions, heldout_fraction=heldout_fraction,
+            heldout_control_fraction=heldout_control_fraction, seed=seed,
             column_values=view.obs[split].to_numpy() if split in view.obs else None,
         )
 

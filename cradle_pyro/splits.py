@@ -5,8 +5,16 @@ Three kinds:
 - ``"random"``: cells drawn at random (seeded) into the three sets;
 - an obs column holding ``train`` / ``val`` / ``test`` per cell;
 - ``"unseen-combinations"``: a fraction of the multi-target conditions whose
-  single targets are all observed on their own go entirely to ``test``; the
-  other cells are split at random into ``train`` and ``val``.
+  single targets are all observed on their own go entirely to ``test``, and so
+  does a share of the control cells (``heldout_control_fraction``, half by
+  default); the other cells are split at random into ``train`` and ``val``.
+
+Held-out control cells make an evaluation on equal terms possible: the truth
+``mean(held-out condition) − mean(held-out control)`` then uses no cell any
+predictor trained on, models and baselines alike
+(:func:`cradle_pyro.inference.scoring.score_ates`). Half is the default because the
+truth's control noise (∝ 1/held-out controls) and every predictor's
+(∝ 1/training controls) add up least at an even split.
 
 Example
 -------
@@ -16,6 +24,8 @@ Example
 ...                    separator="+", heldout_fraction=1.0, seed=0)
 >>> sorted(set(split[conds == "A+B"]))
 ['test']
+>>> int((split[conds == "control"] == "test").sum())
+2
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from .errors import CradleInputError
 from .labels import check_targets
 
 SPLITS = ("train", "val", "test")
+HELDOUT_CONTROL_FRACTION = 0.5
 
 
 def targets_of(condition: str, control_label: str, separator: str) -> list[str]:
@@ -68,13 +79,17 @@ def make_split(
     separator: str = "+",
     fractions=(0.8, 0.1, 0.1),
     heldout_fraction: float = 0.25,
+    heldout_control_fraction: float = HELDOUT_CONTROL_FRACTION,
     seed: int = 0,
     column_values=None,
 ) -> np.ndarray:
     """Split labels (``train`` / ``val`` / ``test``) for each cell.
 
     ``kind`` is ``"random"``, ``"unseen-combinations"`` or ``"column"`` (then
-    ``column_values`` holds the labels).
+    ``column_values`` holds the labels). ``heldout_control_fraction`` is the
+    share of control cells ``"unseen-combinations"`` puts in ``test`` (drawn
+    at random, seeded; 0 keeps them all for training, as releases before 0.5
+    did).
     """
     conditions = np.asarray(conditions, dtype=object)
     rng = np.random.default_rng(seed)
@@ -86,6 +101,7 @@ def make_split(
         val_share = fractions[1] / (fractions[0] + fractions[1])
         split = _random_split(len(conditions), (1 - val_share, val_share, 0.0), rng)
         split[np.isin(conditions, held)] = "test"
+        split[_control_share(conditions == control_label, heldout_control_fraction, rng)] = "test"
     elif kind == "column":
         split = np.asarray(column_values, dtype=object).astype(str)
         bad = sorted(set(split) - set(SPLITS))
@@ -99,6 +115,17 @@ def make_split(
         )
     check_targets_trained(conditions, split, control_label, separator)
     return split
+
+
+def _control_share(is_control, fraction, rng) -> np.ndarray:
+    """A seeded mask of ``round(fraction · controls)`` control cells."""
+    if not 0.0 <= fraction < 1.0:
+        raise CradleInputError(f"heldout_control_fraction={fraction}: give a share in [0, 1); "
+                               "training needs control cells")
+    idx = np.flatnonzero(is_control)
+    mask = np.zeros(len(is_control), dtype=bool)
+    mask[rng.choice(idx, int(round(fraction * len(idx))), replace=False)] = True
+    return mask
 
 
 def check_targets_trained(conditions, split, control_label, separator):

@@ -1,10 +1,11 @@
 """The evaluation report: metrics JSON, a Markdown report and figures.
 
 :func:`evaluate` scores one or more trained runs on the held-out conditions of
-a split, the way :mod:`cradle_pyro.inference.scoring` describes: truth from clean cells,
-the additive baseline never sharing control cells with the truth (averaged
-over ``n_splits`` random halvings of the control cells), the truth's split-half
-noise ceiling beside every score, per-condition scores, and how far each
+a split, the way :mod:`cradle_pyro.inference.scoring` describes, on equal terms: the
+truth from held-out clean cells only (held-out conditions minus held-out control
+cells), the baselines (additive, mean of perturbed cells, no change, linear) from
+training cells only, as the models are, the truth's split-half noise ceiling
+beside every score, per-condition scores, and how far each
 combination is from the sum of its singles (data and model). Model ATEs are
 posterior means over many draws of the globals (:func:`~cradle_pyro.inference.effects.posterior_ate`).
 Beside the effects: QC pass rate of generated clean cells (judged by the
@@ -22,7 +23,7 @@ Example
 >>> report = evaluate({"cradle": run}, data, tempfile.mkdtemp(), num_draws=10, n_cells=20,
 ...                   n_splits=3, progress=False)
 >>> sorted(report["summary"])
-['additive', 'ceiling', 'cradle']
+['additive', 'ceiling', 'cradle', 'linear', 'mean', 'no_change']
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def evaluate(runs: dict, data, out_dir, *, split: str = "test", num_draws: int =
     n_generated
         Generated clean cells per condition for QC pass rate and energy distance.
     n_splits
-        Random halvings of the control cells the scores are averaged over.
+        Random halvings of the held-out cells the noise ceiling is averaged over.
     twins
         A simulated AnnData whose cells keep their clean twins
         (``layers["clean_expected"]``): each model whose artifact state reaches
@@ -115,6 +116,7 @@ def evaluate(runs: dict, data, out_dir, *, split: str = "test", num_draws: int =
                        seed=seed)
     summary = summarise_scores(table)
     inter = interactions(means, data, combos, split=split) if combos else pd.DataFrame()
+    report["n_control_heldout"] = int(table["n_control"].iloc[0]) if len(table) else 0
     report["summary"] = {k: {c: _float(v) for c, v in row.items()}
                          for k, row in summary.iterrows()}
     report["per_perturbation"] = table.round(4).to_dict(orient="records")
@@ -181,7 +183,8 @@ def _scatter_figure(posteriors, data, perts, split, path, max_panels=12):
     perts = list(perts)[:max_panels]
     if not perts:
         return
-    control = perturbseq_normalise(data.counts[clean_cells(data, data.control_label)]).mean(0)
+    control = perturbseq_normalise(
+        data.counts[clean_cells(data, data.control_label, split=split)]).mean(0)
     cols = min(4, len(perts))
     rows = int(np.ceil(len(perts) / cols))
     fig = Figure(figsize=(3.2 * cols, 3.0 * rows))
@@ -197,7 +200,7 @@ def _scatter_figure(posteriors, data, perts, split, path, max_panels=12):
         lim = np.abs(o).max() * 1.1 + 1e-6
         ax.plot([-lim, lim], [-lim, lim], color="grey", lw=0.8)
         ax.set_title(p, fontsize=9)
-        ax.set_xlabel("observed ATE (clean cells)")
+        ax.set_xlabel("observed ATE (held-out clean cells)")
         ax.set_ylabel("model ATE, 90 % interval")
     for ax in axes.ravel()[len(perts):]:
         ax.axis("off")
@@ -252,11 +255,15 @@ def markdown_report(report: dict) -> str:
     k = report["top_k"]
     lines = [f"# cradle-pyro evaluation ({report['split']} split)", "",
              f"Held-out conditions: {', '.join(report['perturbations'])}", "",
-             f"Scores are means over held-out conditions and over {report['n_control_splits']} "
-             "random halvings of the clean control cells (the truth uses one half, the additive "
-             "baseline the other). `ceiling` is the truth's split-half reliability "
-             "(Spearman-Brown corrected); a perfect predictor's expected r is about its square "
-             "root. Model ATEs: posterior means over "
+             "Scores are means over held-out conditions, on equal terms: the truth is each "
+             "condition's held-out clean cells minus the "
+             f"{report.get('n_control_heldout', '?')} held-out clean control cells, cells no "
+             "predictor trained on; models and baselines (`additive`: sum of the singles' "
+             "training effects; `mean`: all perturbed training cells; `no_change`: zero; "
+             "`linear`: ridge on the training conditions' effects) are built from training cells "
+             "only. `ceiling` is the truth's split-half reliability (Spearman-Brown corrected, "
+             f"{report['n_control_splits']} halvings); a perfect predictor's expected r is about "
+             "its square root. Model ATEs: posterior means over "
              f"{report['num_draws']} draws × {report['n_cells_per_draw']} cells "
              f"({report.get('basal', 'prior')} basal states)"
              + "".join(f"; {name}: an ensemble of {m['members']} runs, their posteriors mixed"

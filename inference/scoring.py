@@ -1,24 +1,29 @@
 """Scoring predicted ATEs against the data, as a sceptical reviewer would.
 
-Three rules (DESIGN.md, evaluation vocabulary):
+Three rules (DESIGN.md, evaluation vocabulary), :func:`score_ates`:
 
 - **Clean truth.** The observed ATE of a condition uses its clean cells of the
   scored split minus clean control cells: artifact cells are not the effect of
   a perturbation.
-- **No shared noise.** The additive baseline ``mean(A) + mean(B) − 2·control``
-  and the truth ``mean(AB) − control`` must not use the same control cells, or
-  control noise alone correlates them. Each of ``n_splits`` random splits
-  halves the clean control cells: the truth uses one half, the baseline the
-  other. Every predictor (models included) is scored against the same
-  half-control truths and its scores are averaged over the splits, so all rows
-  of a table face the same truth noise.
+- **Equal terms.** The truth is built only from cells no predictor trained on:
+  the held-out condition cells minus the *held-out* control cells (the split
+  holds out a share of the controls, :func:`cradle_pyro.splits.make_split`).
+  Every predictor, the baselines of :mod:`cradle_pyro.inference.baselines`
+  included, is built from the other cells only, so none shares noise with the
+  truth and all face the same truth.
 - **A ceiling beside every score.** The truth's split-half reliability: the
-  condition's cells and the control cells are both halved, the two half-truths
-  correlated, and the correlation Spearman-Brown corrected
-  (``2r / (1 + r)``) to the full number of cells. A predictor near it is done.
+  condition's held-out cells and the held-out control cells are both halved,
+  the two half-truths correlated, and the correlation Spearman-Brown corrected
+  (``2r / (1 + r)``) to the full number of cells. A perfect predictor's
+  expected r is about its square root.
 
-Top-k genes are fixed per condition from the full clean truth (all clean
-control cells), once, and used by every predictor and by the ceiling.
+Top-k genes are fixed per condition from the full truth, once, and used by
+every predictor and by the ceiling.
+
+The scorer of earlier releases, which drew the truth's control cells from all
+control cells (most of them training cells) and kept only the additive
+baseline off them, remains as :func:`score_ates_shared_controls`, for
+conditions scored in-sample.
 
 Example
 -------
@@ -28,7 +33,7 @@ Example
 >>> combos = [c for c in held_out_conditions(data) if "+" in c]
 >>> table = score_ates({}, data, combos, n_splits=5)
 >>> sorted(table["predictor"].unique())
-['additive', 'ceiling']
+['additive', 'ceiling', 'linear', 'mean', 'no_change']
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import pandas as pd
 from cradle_pyro.errors import CradleInputError
 from cradle_pyro.splits import targets_of
 
+from .baselines import BASELINES, baseline_ates
 from .effects import clean_mask, perturbseq_normalise
 
 SCORE_COLUMNS = ["pearson_all", "pearson_top", "r2_all", "r2_top", "jaccard_top", "slope_top"]
@@ -107,15 +113,101 @@ def score_pair(pred: np.ndarray, true: np.ndarray, top: np.ndarray) -> dict:
     """Pearson r, R², slope of ``pred`` on ``true`` on all genes and on ``top``; Jaccard of top sets."""
     k = len(top)
     pred_top = np.argsort(-np.abs(pred))[:k]
+    # a constant prediction (no_change) ranks no gene above another
+    jaccard = (len(set(pred_top) & set(top)) / len(set(pred_top) | set(top))
+               if np.ptp(pred) > 0 else float("nan"))
     return {"pearson_all": _pearson(pred, true), "pearson_top": _pearson(pred[top], true[top]),
             "r2_all": _r2(pred, true), "r2_top": _r2(pred[top], true[top]),
-            "jaccard_top": len(set(pred_top) & set(top)) / len(set(pred_top) | set(top)),
+            "jaccard_top": jaccard,
             "slope_top": _slope(pred[top], true[top])}
 
 
 def score_ates(predictions: dict, data, perturbations, *, split: str = "test", n_splits: int = 20,
-               top_k: int = 20, additive: bool = True, seed: int = 0) -> pd.DataFrame:
-    """Per-condition scores of each predictor, averaged over control splits.
+               top_k: int = 20, baselines=BASELINES, seed: int = 0) -> pd.DataFrame:
+    """Per-condition scores of each predictor and of the baselines, on equal terms.
+
+    The truth of a condition is ``mean(its clean cells in split) − mean(the clean
+    control cells in split)``: no cell of it trained any predictor. The
+    baselines (:mod:`cradle_pyro.inference.baselines`) are built from the clean
+    cells outside ``split`` only, as the models are. The ``ceiling`` is the
+    truth's split-half reliability from the same held-out cells.
+
+    Parameters
+    ----------
+    predictions
+        Predictor name → ATE table (conditions × genes), e.g. from
+        :func:`cradle_pyro.inference.effects.model_ate`.
+    perturbations
+        Conditions to score (their clean cells in ``split`` are the truth).
+    baselines
+        Which baselines to add (default all of
+        :data:`~cradle_pyro.inference.baselines.BASELINES`); ``()`` for none.
+    n_splits
+        Halvings the ceiling is averaged over.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Long table: ``predictor``, ``perturbation``, :data:`SCORE_COLUMNS`,
+        ``n_cells`` (truth cells) and ``n_control`` (the truth's control
+        cells); predictor ``ceiling`` has the r columns only.
+    """
+    rng = np.random.default_rng(seed)
+    control = clean_cells(data, data.control_label, split=split)
+    if len(control) < 4:
+        raise CradleInputError(
+            f"{len(control)} clean control cells in split {split!r}: a truth on equal terms "
+            "needs held-out control cells; split with heldout_control_fraction=0.5 "
+            "(PerturbationData.from_anndata) or put control cells in 'test' in your split "
+            "column (score_ates_shared_controls scores against all control cells instead)")
+    clash = sorted(set(predictions) & {*baselines, "ceiling"})
+    if clash:
+        raise CradleInputError(f"predictor name(s) {clash} are taken by the baselines; rename them")
+    predictors = {**predictions, **(baseline_ates(data, perturbations, split=split, kinds=baselines)
+                                    if baselines else {})}
+    x_control = perturbseq_normalise(data.counts[control])
+    rows = []
+    for p in perturbations:
+        idx = clean_cells(data, p, split=split)
+        if len(idx) < 2:
+            continue
+        x_p = perturbseq_normalise(data.counts[idx])
+        truth = x_p.mean(0) - x_control.mean(0)
+        top = np.argsort(-np.abs(truth))[:top_k]
+        for name, table in predictors.items():
+            if p in table.index:
+                rows.append({"predictor": name, "perturbation": p, "n_cells": len(idx),
+                             **score_pair(table.loc[p].to_numpy(), truth, top)})
+        rows.append({"predictor": "ceiling", "perturbation": p, "n_cells": len(idx),
+                     **split_half_ceiling(x_p, x_control, top, n_splits, rng)})
+    table = pd.DataFrame(rows, columns=["predictor", "perturbation", *SCORE_COLUMNS, "n_cells"])
+    table["n_control"] = len(control)
+    return table
+
+
+def split_half_ceiling(x_p, x_control, top, n_splits, rng) -> dict:
+    """The truth's reliability: both cell sets halved, the half-truths correlated, the mean r
+    over ``n_splits`` halvings Spearman-Brown corrected to the full number of cells."""
+    r_all, r_top = [], []
+    for _ in range(n_splits):
+        h, c = rng.permutation(len(x_p)), rng.permutation(len(x_control))
+        h1, h2, c1, c2 = h[: len(h) // 2], h[len(h) // 2:], c[: len(c) // 2], c[len(c) // 2:]
+        t1 = x_p[h1].mean(0) - x_control[c1].mean(0)
+        t2 = x_p[h2].mean(0) - x_control[c2].mean(0)
+        r_all.append(_spearman_brown(_pearson(t1, t2)))
+        r_top.append(_spearman_brown(_pearson(t1[top], t2[top])))
+    return {"pearson_all": float(np.mean(r_all)), "pearson_top": float(np.mean(r_top))}
+
+
+def score_ates_shared_controls(predictions: dict, data, perturbations, *, split: str | None = "test",
+                               n_splits: int = 20, top_k: int = 20, additive: bool = True,
+                               seed: int = 0) -> pd.DataFrame:
+    """The scorer of releases before 0.5: the truth's control cells are halves of *all* clean
+    control cells, most of which a model trained on; only the additive baseline is kept off them.
+
+    Use it where no control cell is held out (conditions scored in-sample, ``split=None``);
+    to compare predictors on held-out conditions use :func:`score_ates`, which gives every
+    predictor the same footing. Scores are averaged over control splits.
 
     Parameters
     ----------
@@ -263,13 +355,19 @@ def effect_slope(predictions: dict, data, perturbations, *, split: str | None = 
 def interactions(predictions: dict, data, combinations, split: str = "test") -> pd.DataFrame:
     """How far each combination is from the sum of its singles, in the data and per predictor.
 
-    Data: ``mean(AB) − mean(A) − mean(B) + control`` on clean cells (AB from
-    ``split``, singles from the other splits). Predictor: ``ATE(AB) − ATE(A) −
-    ATE(B)`` from its own table (it must hold the singles). Columns:
-    ``perturbation``, ``data_norm`` (L2 over genes), ``<name>_norm`` and
-    ``<name>_r`` (Pearson r with the data's interaction).
+    Data: ``(mean(AB) − control) − Σ (mean(A) − control')`` on clean cells: AB
+    and ``control`` from ``split``, the singles and ``control'`` from the other
+    splits (all control cells for both where none is held out). Predictor:
+    ``ATE(AB) − ATE(A) − ATE(B)`` from its own table (it must hold the
+    singles). Columns: ``perturbation``, ``data_norm`` (L2 over genes),
+    ``<name>_norm`` and ``<name>_r`` (Pearson r with the data's interaction).
     """
-    control = _mean_expression(data, clean_cells(data, data.control_label))
+    held = clean_cells(data, data.control_label, split=split)
+    if len(held) < 2:
+        held = clean_cells(data, data.control_label)
+    control = _mean_expression(data, held)
+    control_train = _mean_expression(data, clean_cells(data, data.control_label,
+                                                        exclude_split=split))
     rows = []
     for p in combinations:
         targets = targets_of(p, data.control_label, data.separator)
@@ -278,7 +376,7 @@ def interactions(predictions: dict, data, combinations, split: str = "test") -> 
         if len(idx) < 2 or any(len(s) == 0 for s in singles):
             continue
         observed = (_mean_expression(data, idx) - control
-                    - sum(_mean_expression(data, s) - control for s in singles))
+                    - sum(_mean_expression(data, s) - control_train for s in singles))
         row = {"perturbation": p, "data_norm": float(np.linalg.norm(observed))}
         for name, table in predictions.items():
             if p in table.index and all(t in table.index for t in targets):
@@ -291,5 +389,5 @@ def interactions(predictions: dict, data, combinations, split: str = "test") -> 
 
 __all__ = ["SCORE_COLUMNS", "clean_cells", "effect_slope", "held_out_conditions", "interactions",
            "observed_cell_counts",
-           "score_ates",
+           "score_ates", "score_ates_shared_controls", "split_half_ceiling",
            "score_pair", "summarise_scores"]

@@ -10,8 +10,9 @@ def test_unseen_combination_split_holds_out_only_combinations_with_trained_singl
                                          split="unseen-combinations", heldout_fraction=0.5, seed=2)
     test_conds = set(data.conditions[data.split == "test"])
     train_conds = set(data.conditions[data.split == "train"])
-    assert test_conds and all("+" in c for c in test_conds)
-    for c in test_conds:
+    assert test_conds and all("+" in c for c in test_conds - {"control"})
+    assert "control" in test_conds and "control" in train_conds   # half the controls held out
+    for c in test_conds - {"control"}:
         assert c not in train_conds
         assert all(t in train_conds for t in targets_of(c, "control", "+"))
     assert (data.split == "val").mean() > 0.05
