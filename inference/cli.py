@@ -25,6 +25,7 @@ from cradle_pyro.config import LIKELIHOODS, MODELS, ModelConfig
 from cradle_pyro.errors import CradleInputError
 from cradle_pyro.progress import Progress
 
+from .baselines import BASELINES as BASELINE_NAMES
 from .outputs import TMP_MARK, check_output, write_csv, write_h5ad
 from .train import TrainConfig
 
@@ -100,6 +101,19 @@ singles at 2,000 genes in minutes on 2 cores: benchmarks/results/screen_queries.
 --estimator sampled is the effects command's per-condition estimator.""",
     "sample": """examples:
   cradle-pyro sample runs/cradle --perturbation "P0+P3" --n 200 --artifact clean --out cells.h5ad""",
+    "predict": """examples:
+  cradle-pyro predict runs/cradle --out pred.h5ad --observed real.h5ad   # the run's held-out conditions
+  cradle-pyro predict runs/cradle --perturbations "A+B,C" --n 500 --out pred.h5ad
+  cradle-pyro predict runs/cradle --baseline additive --out additive.h5ad
+  cell-eval run -ap pred.h5ad -ar real.h5ad --profile full --ceiling -o cell-eval/
+
+Writes cells in the layout Arc Institute's cell-eval reads: obs "target_gene"
+(the control is "non-targeting"; obs "condition" keeps your label) and X
+log1p-normalised, log(1 + 1e4 x / sum x). --observed also writes the truth: the
+held-out clean cells of the conditions and the held-out clean control cells, no
+cell the run trained on. --baseline writes a baseline's cells instead of the
+model's (additive, mean, no_change or linear, built from the run's training cells
+only, added to training control cells), so every predictor meets the same scorer.""",
     "counterfactual": """examples:
   cradle-pyro counterfactual runs/cradle screen.h5ad --do artifact=clean --out cf.h5ad
   cradle-pyro counterfactual runs/cradle screen.h5ad --do dosage=P1 --do artifact=clean --out cf.h5ad""",
@@ -537,6 +551,37 @@ def cmd_sample(args):
           f"artifact={args.artifact})")
 
 
+def cmd_predict(args):
+    from .baselines import baseline_ates
+    from .predictions import baseline_cells, observed_cells, predicted_cells
+    from .run_io import load_run
+    from .scoring import held_out_conditions
+
+    run = load_run(args.run, device=args.device)
+    data = run.data
+    if args.perturbations or args.perturbations_file:
+        perts = requested_conditions(args.perturbations, data, args.perturbations_file)
+    else:
+        perts = held_out_conditions(data, "test")
+        if not perts:
+            raise CradleInputError("the run holds no condition out in 'test'; name the "
+                                   "conditions with --perturbations")
+    if args.baseline:
+        table = baseline_ates(data, perts, kinds=(args.baseline,))[args.baseline]
+        cells = baseline_cells(data, table, n=args.n, seed=args.seed, name=args.baseline)
+        what = f"the {args.baseline} baseline's"
+    else:
+        cells = predicted_cells(run.model, run.guide, data, perts, n=args.n, seed=args.seed)
+        what = "generated clean"
+    write_h5ad(cells, args.out)
+    print(f"wrote {args.out}: {what} cells, {args.n} per condition for {len(perts)} conditions "
+          "and the control (obs target_gene, control non-targeting, X log1p-normalised)")
+    if args.observed:
+        real = observed_cells(data, perts)
+        write_h5ad(real, args.observed)
+        print(f"wrote {args.observed}: {real.n_obs} held-out clean cells (the truth)")
+
+
 def cmd_counterfactual(args):
     from .counterfactuals import counterfactual
     from .run_io import cells_for_run, load_run
@@ -905,6 +950,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .h5ad")
     p.set_defaults(func=cmd_sample)
 
+    p = run_cmd("predict", "predicted cells per condition for cell-eval (target_gene, "
+                "non-targeting, log1p X), and the held-out truth beside them")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--perturbations", help='comma-separated, e.g. "A+B,C" (default: the '
+                       "run's held-out conditions)")
+    which.add_argument("--perturbations-file", metavar="FILE",
+                       help="a text file of conditions, one per line")
+    p.add_argument("--n", type=POSITIVE_INT, default=200, help="cells per condition (default 200)")
+    p.add_argument("--baseline", choices=BASELINE_NAMES, default=None,
+                   help="write this baseline's cells instead of the model's")
+    p.add_argument("--observed", default=None,
+                   help="also write the held-out truth (.h5ad) in the same layout")
+    p.add_argument("--out", required=True, help="output .h5ad")
+    p.set_defaults(func=cmd_predict)
+
     p = run_cmd("counterfactual", "what these cells would look like under an intervention")
     p.add_argument("input", help=".h5ad with the cells (same genes as the run)")
     p.add_argument("--do", action="append", metavar="SITE=VALUE", help="artifact=clean, dosage=B, ...")
@@ -950,6 +1010,7 @@ def build_parser() -> argparse.ArgumentParser:
 # command -> (the options naming its outputs, whether --out is a folder)
 OUTPUTS = {"qc": (("out",), False), "cross-validate": (("out",), False),
            "effects": (("out",), False), "sample": (("out",), False),
+           "predict": (("out", "observed"), False),
            "interactions": (("out", "genes_out", "figure"), False),
            "counterfactual": (("out",), False), "artifacts": (("out", "figure"), False),
            "embed": (("out", "umap"), False), "diagnose": (("out",), False),

@@ -75,6 +75,21 @@ def test_qc_effects_sample_counterfactual_evaluate_diagnose(screen, run_dir, tmp
     cells = ad.read_h5ad(tmp_path / "cells.h5ad")
     assert cells.shape == (30, 80) and (cells.obs["intervention_artifact"] == "clean").all()
 
+    # cell-eval's layout: target_gene, non-targeting, log1p X; the truth only from held-out cells
+    assert main(["predict", str(run_dir), "--n", "20", "--out", str(tmp_path / "pred.h5ad"),
+                 "--observed", str(tmp_path / "real.h5ad")]) == 0
+    pred, real = ad.read_h5ad(tmp_path / "pred.h5ad"), ad.read_h5ad(tmp_path / "real.h5ad")
+    held = sorted(set(real.obs["target_gene"]) - {"non-targeting"})
+    assert held and all("+" in c for c in held)
+    assert sorted(set(pred.obs["target_gene"])) == held + ["non-targeting"]
+    assert pred.n_obs == 20 * (len(held) + 1) and list(pred.var_names) == list(real.var_names)
+    # log1p-normalised: each cell's expm1 sums to 10^4
+    np.testing.assert_allclose(np.expm1(np.asarray(real.X)).sum(1), 1e4, rtol=1e-3)
+    np.testing.assert_allclose(np.expm1(np.asarray(pred.X)).sum(1), 1e4, rtol=1e-3)
+    assert main(["predict", str(run_dir), "--baseline", "additive", "--n", "20",
+                 "--out", str(tmp_path / "additive.h5ad")]) == 0
+    assert ad.read_h5ad(tmp_path / "additive.h5ad").n_obs == 20 * (len(held) + 1)
+
     assert main(["counterfactual", str(run_dir), str(screen), "--do", "artifact=clean",
                  "--do", "dosage=P1", "--out", str(tmp_path / "cf.h5ad"), "--num-samples", "1"]) == 0
     cf = ad.read_h5ad(tmp_path / "cf.h5ad")
@@ -83,7 +98,8 @@ def test_qc_effects_sample_counterfactual_evaluate_diagnose(screen, run_dir, tmp
     assert main(["evaluate", str(run_dir), "--out", str(tmp_path / "report"), "--n-cells", "50",
                  "--num-draws", "20"]) == 0
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
-    assert {"cradle", "additive", "ceiling"} <= set(metrics["summary"])
+    assert {"cradle", "additive", "mean", "no_change", "linear", "ceiling"} <= set(metrics["summary"])
+    assert metrics["n_control_heldout"] > 0
     assert np.isfinite(metrics["summary"]["cradle"]["pearson_all"])
     assert 0 < metrics["summary"]["ceiling"]["pearson_top"] <= 1
     assert metrics["basal"] == "abducted"
