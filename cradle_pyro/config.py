@@ -38,6 +38,9 @@ _RULES = {
     "latent_dim": ("int", 1, None),
     "hidden_dim": ("int", 1, None),
     "n_layers": ("int", 1, None),
+    "effect_encoder_layers": ("int", 1, None),
+    "decoder_layers": ("int", 1, None, {"optional": True}),
+    "residual_encoder": ("bool", None, None),
     "effect_scale": ("float", 0, None, {"low_open": True}),
     "mask_prob": ("float", 0, 1, {"low_open": True, "high_open": True}),
     "target_effects": ("bool", None, None),
@@ -61,6 +64,17 @@ class ModelConfig:
         Dimension ``d`` of the basal state and of each effect.
     hidden_dim, n_layers
         Width and depth of the encoder and decoder MLPs.
+    effect_encoder_layers
+        Hidden layers of q(effect | mask)'s MLP (the published model has 4).
+    decoder_layers
+        Hidden layers of the decoder; ``None`` (default): ``n_layers`` (the
+        published model has 2, its encoder 1).
+    residual_encoder
+        ``True`` (default): q(basal | x, offsets) reads the cell's whole
+        latent state and its basal state is what is left once the offsets are
+        subtracted; ``False``: the encoder's output is the basal state itself,
+        as in the published code (it then absorbs part of each perturbation:
+        see ``docs/model.md``).
     likelihood
         ``nb`` (default, library-size scaled), ``poisson`` or ``zinb``.
     combine
@@ -141,6 +155,9 @@ class ModelConfig:
     latent_dim: int = 10
     hidden_dim: int = 128
     n_layers: int = 1
+    effect_encoder_layers: int = 1
+    decoder_layers: int | None = None
+    residual_encoder: bool = True
     likelihood: str = "nb"
     combine: str | None = None
     effect_prior: str = "normal"

@@ -111,7 +111,7 @@ class _GuideBase(PyroModule):
         p_off = m.perturbation_offset(dosage, effect, mask)
         a_off = m.artifact_offset(artifact, artifact_effect) if artifact is not None else None
         loc, scale = self.encoder.head(hx, p_off, a_off)
-        if m.config.use_embeddings:
+        if m.config.use_embeddings and m.config.residual_encoder:
             # The encoder reads the cell's whole latent state; its basal state is
             # what is left once the perturbation and artifact shifts are removed.
             # Without this residual form the encoder absorbs the perturbation into
@@ -226,7 +226,7 @@ class CorrelatedGuide(_GuideBase):
         if cfg.use_embeddings:
             self.mask_logits = PyroParam(torch.full((P, d), mask_init_logit))
             if cfg.use_mask and self.correlated:
-                self.effect_net = EffectNet(P, d, cfg.hidden_dim)
+                self.effect_net = EffectNet(P, d, cfg.hidden_dim, cfg.effect_encoder_layers)
             else:
                 self.effect_loc = PyroParam(torch.zeros(P, d))
                 self.effect_scale = PyroParam(torch.full((P, d), 0.1), constraint=constraints.positive)
@@ -426,10 +426,12 @@ def basal_posterior_of(guide):
                       and hasattr(g, "basal_distribution"))
 
 
-def make_guide(kind: str, model: CradleModel, gene_mean=None, gene_std=None):
-    """``"correlated"`` (default) or ``"mean-field"``."""
+def make_guide(kind: str, model: CradleModel, gene_mean=None, gene_std=None,
+               temperature: float = 0.5):
+    """``"correlated"`` (default) or ``"mean-field"``; ``temperature`` of the correlated
+    guide's straight-through mask (the published code uses 1.0)."""
     if kind == "correlated":
-        return CorrelatedGuide(model, gene_mean, gene_std)
+        return CorrelatedGuide(model, gene_mean, gene_std, temperature=temperature)
     if kind in ("mean-field", "meanfield"):
         return MeanFieldGuide(model, gene_mean, gene_std)
     from .errors import CradleInputError

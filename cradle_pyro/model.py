@@ -133,7 +133,8 @@ class CradleModel(PyroModule):
         # gene index of each perturbation's target (-1: not measured)
         self.register_buffer("target_gene", torch.as_tensor(
             target_gene if target_gene is not None else [-1] * n_perturbations, dtype=torch.long))
-        self.decoder = Decoder(self.decoder_input_dim, n_genes, config.hidden_dim, config.n_layers)
+        self.decoder = Decoder(self.decoder_input_dim, n_genes, config.hidden_dim,
+                               config.decoder_layers or config.n_layers)
         self.log_dispersion = PyroParam(torch.zeros(n_genes))
         if str(config.effect_prior).endswith(LEARNT):
             # a hierarchical prior with a learnt scale (type-II maximum likelihood)

@@ -80,10 +80,10 @@ class BasalEncoder(nn.Module):
 class EffectNet(nn.Module):
     """q(effect_p | mask_p): an MLP of [mask_p, one-hot(p)] → (loc, scale)."""
 
-    def __init__(self, n_perturbations, latent_dim, hidden_dim):
+    def __init__(self, n_perturbations, latent_dim, hidden_dim, n_layers=1):
         super().__init__()
         self.n_perturbations = n_perturbations
-        self.net = mlp([latent_dim + n_perturbations, hidden_dim, 2 * latent_dim])
+        self.net = mlp([latent_dim + n_perturbations] + [hidden_dim] * n_layers + [2 * latent_dim])
         self.latent_dim = latent_dim
 
     def forward(self, mask):

@@ -26,6 +26,7 @@ from cradle_pyro.errors import CradleInputError
 from cradle_pyro.progress import Progress
 
 from .baselines import BASELINES as BASELINE_NAMES
+from .presets import PRESETS as PRESET_NAMES
 from .outputs import TMP_MARK, check_output, write_csv, write_h5ad
 from .train import TrainConfig
 
@@ -139,6 +140,17 @@ obsm["X_cradle_latent"]: the decoder input (conditions separate).""",
   cradle-pyro diagnose runs/cradle --out posterior.nc     # ArviZ InferenceData, summary CSV, plots""",
 }
 
+def _class_balance(text: str):
+    """``--class-balance``: a share in (0, 1) or ``published``."""
+    if text == "published":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a share in (0, 1) nor "
+                                         "'published'") from None
+
+
 # option -> (section, type, default, help); section says which config it belongs to
 TRAIN_OPTIONS = {
     "model": ("model", str, "cradle", f"model switch: {', '.join(MODELS)}"),
@@ -166,8 +178,15 @@ TRAIN_OPTIONS = {
                             "batch size, the published CRADLE loss)"),
     "weight_decay": ("train", float, 1e-5, "AdamW weight decay"),
     "clip_norm": ("train", float, 10.0, "gradient-norm clipping"),
-    "class_balance": ("train", float, None, "share of likelihood weight on artifact cells "
-                      "(off by default)"),
+    "class_balance": ("train", _class_balance, None, "share of likelihood weight on artifact "
+                      "cells, or published (the published per-batch weights; off by default)"),
+    "guide_temperature": ("train", float, 0.5, "temperature of the guide's straight-through "
+                          "mask (the published model: 1.0)"),
+    "effect_encoder_layers": ("model", int, 1, "hidden layers of q(effect | mask)'s MLP"),
+    "decoder_layers": ("model", int, None, "hidden layers of the decoder (default: n_layers)"),
+    "residual_encoder": ("model", bool, True, "the basal state is the encoder's output minus "
+                         "the perturbation and artifact offsets (--no-residual-encoder: the "
+                         "output itself, as published)"),
     "n_layers": ("model", int, 1, "hidden layers of the encoder/decoder MLPs"),
     "effect_scale": ("model", float, 1.0, "scale of the effect prior"),
     "mask_prob": ("model", float, 0.1, "prior probability that a perturbation moves a latent dim"),
@@ -235,9 +254,13 @@ def _data_args(opts: dict, perturbation_key, control) -> dict:
 
 
 def resolve_train_options(args) -> dict:
-    """Defaults < YAML config < explicit command-line flags."""
+    """Defaults < a preset (``--preset`` or the YAML's ``preset:``) < YAML config < explicit
+    command-line flags."""
+    from .presets import preset_options
+
     opts = {k: spec[2] for k, spec in TRAIN_OPTIONS.items()}
     opts["qc_columns"] = {}
+    loaded = {}
     if args.config:
         path = Path(args.config)
         if not path.exists():
@@ -253,11 +276,15 @@ def resolve_train_options(args) -> dict:
                                    f"{type(loaded).__name__}")
         _check_yaml_types(loaded, path.name)
         unknown = set(loaded) - set(opts) - set(YAML_ONLY) - {"perturbation_key", "control",
-                                                                   "progress"}
+                                                                   "progress", "preset"}
         if unknown:
             raise CradleInputError(f"unknown keys in {path.name}: {sorted(unknown)}; "
                                    f"valid keys: {sorted(opts)}")
-        opts.update(loaded)
+    name = getattr(args, "preset", None) or loaded.get("preset")
+    if name:
+        opts.update(preset_options(name))
+        opts["preset"] = name
+    opts.update(loaded)
     for key in TRAIN_OPTIONS:
         value = getattr(args, key)
         if value is not None:
@@ -870,6 +897,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="obs column of condition labels (default perturbation)")
         p.add_argument("--control", default=None, help="label of control cells (default control)")
         p.add_argument("--config", default=None, help="YAML file with any of the options below")
+        p.add_argument("--preset", choices=sorted(PRESET_NAMES), default=None,
+                       help="start from a named set of settings: cradle-paper, the published "
+                            "CRADLE-VAE's model, objective, guide, sizes and optimiser (the "
+                            "options below and --config still change it; its ATEs: --basal prior)")
         p.add_argument("--qc-column", action="append", metavar="CRITERION=OBS_COLUMN",
                        help="QC criterion on an obs column (repeatable)")
         for key, (_, typ, default, help_text) in TRAIN_OPTIONS.items():

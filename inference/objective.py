@@ -111,7 +111,9 @@ class CradleELBO:
         Weight of the alignment term (0 switches it off).
     class_balance
         α: share of the likelihood weight carried by artifact cells; ``None``
-        (default) leaves the likelihood unweighted.
+        (default) leaves the likelihood unweighted; ``"published"``: the
+        published code's per-batch, unnormalised weights (clean cells × the
+        batch's artifact share s, artifact cells × (1 − s)).
     independence
         Weight of the basal-leakage penalty (:meth:`basal_leakage`); 0 (this
         class's default: the plain objective) is off. ``TrainConfig`` trains
@@ -167,7 +169,13 @@ class CradleELBO:
         if self.artifact_counts is not None and artifact is not None and artifact.shape[-1]:
             n_a = self.artifact_counts.to(artifact)
             scales["artifact_effect"] = factor * artifact.sum(-2) / n_a.clamp(min=1)
-        if self.class_balance is not None and artifact is not None and self.artifact_share:
+        if self.class_balance == "published" and artifact is not None:
+            # the published loss: alpha·(1−qc)·log p_clean + (1−alpha)·qc·log p_artifact with
+            # alpha the batch's artifact share, not normalised
+            is_art = (artifact.sum(-1) > 0).to(artifact.dtype)
+            batch_share = is_art.mean(-1, keepdim=True)
+            scales["counts"] = is_art * (1 - batch_share) + (1 - is_art) * batch_share
+        elif self.class_balance is not None and artifact is not None and self.artifact_share:
             alpha, share = self.class_balance, self.artifact_share
             is_art = (artifact.sum(-1) > 0).to(artifact.dtype)
             scales["counts"] = is_art * alpha / share + (1 - is_art) * (1 - alpha) / (1 - share)

@@ -581,10 +581,11 @@ def _load_weights(run_dir: Path, config: dict, data, device) -> TrainedRun:
                             target_gene=target_gene_index(data.perturbation_names, data.gene_names),
                             n_qc_covariates=data.n_qc_covariates,
                             qc_covariate_names=data.qc_covariate_names, n_flags=data.n_qc_flags)
-        guide = make_guide(config["guide"], model)
+        guide = make_guide(config["guide"], model, temperature=tc.guide_temperature)
     else:
         model = CradleModel.from_data(data, mc)
-        guide = make_guide(config["guide"], model, data.gene_mean, data.gene_std)
+        guide = make_guide(config["guide"], model, data.gene_mean, data.gene_std,
+                           temperature=tc.guide_temperature)
     model.load_state_dict(_with_later_defaults(model, load_tensors(run_dir / "model.pt", device)))
     guide.load_state_dict(load_tensors(run_dir / "guide.pt", device))
     model.to(device).eval()

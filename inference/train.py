@@ -82,6 +82,12 @@ class TrainConfig:
     restored and, with ``on_divergence="lower-lr"``, the learning rate halved
     and the epoch rerun (at most ``max_lr_halvings`` times); with ``"stop"``, or
     beyond that, :class:`~cradle_pyro.errors.TrainingDiverged` is raised.
+
+    ``class_balance``: ``None`` (default) leaves the likelihood unweighted; a
+    share α gives artifact cells share α of its weight; ``"published"``
+    weighs as the published code does, per batch and unnormalised (clean
+    cells by the batch's artifact share s, artifact cells by 1 − s).
+    ``guide_temperature`` is the straight-through mask's (published: 1.0).
     """
 
     epochs: int | None = None
@@ -98,8 +104,9 @@ class TrainConfig:
     beta: float = 1.0
     independence: float = 3.0
     alignment_weighting: str = "per-cell"
-    class_balance: float | None = None
+    class_balance: float | str | None = None
     guide: str = "correlated"
+    guide_temperature: float = 0.5
     device: str = "cpu"
     seed: int = 0
     threads: int | None = None
@@ -119,6 +126,11 @@ class TrainConfig:
                      "TrainConfig")
         if not isinstance(self.device, str):
             raise CradleInputError(f"TrainConfig: device={self.device!r} must be a string like 'cpu'")
+        cb = self.class_balance
+        if not (cb is None or cb == "published"
+                or (isinstance(cb, (int, float)) and not isinstance(cb, bool) and 0 < cb < 1)):
+            raise CradleInputError(f"TrainConfig: class_balance={cb!r}; give a share in (0, 1), "
+                                   "'published' or None")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -159,7 +171,7 @@ _TRAIN_RULES = {
     "num_particles": ("int", 1, None),
     "beta": ("float", 0, None),
     "independence": ("float", 0, None),
-    "class_balance": ("float", 0, 1, {"low_open": True, "high_open": True, "optional": True}),
+    "guide_temperature": ("float", 0, None, {"low_open": True}),
     "seed": ("int", 0, None),
     "threads": ("int", 1, None, {"optional": True}),
     "progress": ("bool", None, None),
@@ -362,7 +374,8 @@ def _fit(
     device = _resolve_device(tc.device)
     pyro.set_rng_seed(tc.seed)
     model = model or CradleModel.from_data(data, mc)
-    guide = guide or make_guide(tc.guide, model, data.gene_mean, data.gene_std)
+    guide = guide or make_guide(tc.guide, model, data.gene_mean, data.gene_std,
+                                temperature=tc.guide_temperature)
     model.to(device)
     guide.to(device)
     def objective_for(split):
