@@ -14,8 +14,10 @@ conditions); a setting's score is their mean over folds, compared paired
 (same folds) between settings. A setting changes TrainConfig fields and, under
 ``"model"``, ModelConfig fields.
 
-The held-out doubles are scored from one more run per setting on the official
-split (disjoint control, ceiling beside), reported and never used to choose.
+The held-out doubles are the frozen test and are not scored here (one more run
+per setting on the official split gives the seen singles' slope on the true
+effect); ``norman_unseen_combinations.py`` scores the test split once a change
+is decided.
 
 Each seed and setting writes ``results/cross_validation/seed<k>/<setting>.json``
 (run seeds and settings in parallel processes); ``--summarise`` gathers the
@@ -42,7 +44,7 @@ from gene_effects import NORMAN, NORMAN_SPLIT, RESULTS, held_out_scores, norman_
 from cradle_pyro.inference import TrainConfig, fit
 from cradle_pyro.inference.cross_validation import cross_validate
 from cradle_pyro.inference.effects import posterior_ate
-from cradle_pyro.inference.scoring import held_out_conditions, single_conditions
+from cradle_pyro.inference.scoring import single_conditions
 
 FOLDS = 5
 OUT = RESULTS / "cross_validation"
@@ -66,8 +68,8 @@ def seed_scores(adata, seed, settings, threads):
         folds = cross_validate(adata, TrainConfig(seed=seed, progress=False, **train), model,
                                folds=FOLDS, data_kwargs=NORMAN_SPLIT, seed=seed)  # test cells untouched
         run = fit(official, TrainConfig(seed=seed, progress=False, **train), model)
-        test, singles = held_out_conditions(official), single_conditions(official)
-        ate = posterior_ate(run.model, run.guide, official, test + singles, seed=seed).mean
+        test, singles = [], single_conditions(official)   # the test split stays frozen
+        ate = posterior_ate(run.model, run.guide, official, singles, seed=seed).mean
         res = {f"cv_{k}": float(folds[k].mean()) for k in ("val_ate_mse", "val_ate_r", "val_ate_r_top")}
         res["cv_folds"], res["setting"] = folds.to_dict("records"), setting
         res.update(held_out_scores(ate, official, test, singles, seed))

@@ -70,7 +70,9 @@ def evaluate(runs: dict, data, out_dir, *, split: str = "test", num_draws: int =
         The :class:`~cradle_pyro.data.PerturbationData` the runs were trained on.
     num_draws, n_cells, basal
         Posterior draws, cells per draw and where their basal states come from
-        (:func:`~cradle_pyro.inference.effects.posterior_ate`) for model ATEs.
+        (:func:`~cradle_pyro.inference.effects.posterior_ate`) for model ATEs;
+        ``basal`` may map run names to sources (a run not named: ``"abducted"``),
+        e.g. ``{"cradle-paper": "prior"}``, the published recipe.
     n_generated
         Generated clean cells per condition for QC pass rate and energy distance.
     n_splits
@@ -105,7 +107,7 @@ def evaluate(runs: dict, data, out_dir, *, split: str = "test", num_draws: int =
     for name, run in runs.items():
         wanted = perts + [t for t in singles if t not in perts]
         posteriors[name] = ensemble_ate(members[name], data, wanted, num_draws=num_draws,
-                                        n_cells=n_cells, seed=seed, basal=basal)
+                                        n_cells=n_cells, seed=seed, basal=_basal_of(basal, name))
         extras[name] = _generation_checks(run, data, perts, split, n_generated, seed, twins,
                                           out / "figures" / f"qc_{_safe(name)}.png")
         extras[name]["members"] = len(members[name])
@@ -162,6 +164,16 @@ def _generation_checks(run, data, perts, split, n_generated, seed, twins, figure
         cf = counterfactual(run.model, run.guide, data, artifact="clean", num_samples=4, seed=seed)
         entry["twin_cleaning"] = cleaning_against_twins(cf, twins).to_dict(orient="index")
     return entry
+
+
+def _describe_basal(basal) -> str:
+    if isinstance(basal, dict):
+        return "; ".join(f"{name}: {b}" for name, b in basal.items()) + "; others: abducted"
+    return basal
+
+
+def _basal_of(basal, name) -> str:
+    return basal.get(name, "abducted") if isinstance(basal, dict) else basal
 
 
 def _float(v):
@@ -265,7 +277,7 @@ def markdown_report(report: dict) -> str:
              f"{report['n_control_splits']} halvings); a perfect predictor's expected r is about "
              "its square root. Model ATEs: posterior means over "
              f"{report['num_draws']} draws × {report['n_cells_per_draw']} cells "
-             f"({report.get('basal', 'prior')} basal states)"
+             f"({_describe_basal(report.get('basal', 'prior'))} basal states)"
              + "".join(f"; {name}: an ensemble of {m['members']} runs, their posteriors mixed"
                        for name, m in report["models"].items() if m.get("members", 1) > 1)
              + ".", "",
