@@ -26,6 +26,10 @@ PAGE = ROOT / "docs" / "results.md"
 SUITES = {
     "accuracy": ("held-out effects on real screens, on equal terms, with baselines and the noise "
                  "ceiling", [
+                     ("ablation.py --screen norman --max-epochs 200", ["ablation_norman.json"]),
+                     ("cell_eval_norman.py", ["cell_eval_norman.json"]),
+                     ("paper_preset_check.py --published /tmp/cradle_pub",
+                      ["paper_preset_check.json"]),
                      ("norman_unseen_combinations.py", ["norman"]),
                      ("norman_error_sources.py", ["norman_error_sources.json"]),
                      ("posterior_seed_stability.py", ["posterior_seed_stability.json"]),
