@@ -63,6 +63,9 @@ def cell_eval(real: Path, pred: Path | None, out: Path, threads: int) -> pd.Data
     if done.returncode:
         raise RuntimeError(f"cell-eval failed: {done.stderr[-2000:]}")
     agg = pd.read_csv(out / ("agg_results.csv" if pred else "agg_ceiling_results.csv"))
+    if "statistic" not in agg.columns:   # the ceiling's file holds one row: the means
+        agg.index = ["mean"]
+        return agg
     return agg.set_index("statistic")
 
 

@@ -114,7 +114,8 @@ class TrainConfig:
     epochs_auto: bool = False
 
     def __post_init__(self):
-        values = {k: v for k, v in vars(self).items() if not (k == "epochs" and v is None)}
+        values = {k: v for k, v in vars(self).items() if not (k == "epochs" and v is None)
+                  and not (k == "class_balance" and v == "published")}
         check_fields(values, _TRAIN_RULES, "TrainConfig")
         check_choice("guide", self.guide, ("correlated", "mean-field"), "TrainConfig")
         check_choice("select", self.select, SELECT, "TrainConfig")
@@ -126,11 +127,6 @@ class TrainConfig:
                      "TrainConfig")
         if not isinstance(self.device, str):
             raise CradleInputError(f"TrainConfig: device={self.device!r} must be a string like 'cpu'")
-        cb = self.class_balance
-        if not (cb is None or cb == "published"
-                or (isinstance(cb, (int, float)) and not isinstance(cb, bool) and 0 < cb < 1)):
-            raise CradleInputError(f"TrainConfig: class_balance={cb!r}; give a share in (0, 1), "
-                                   "'published' or None")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -172,6 +168,7 @@ _TRAIN_RULES = {
     "beta": ("float", 0, None),
     "independence": ("float", 0, None),
     "guide_temperature": ("float", 0, None, {"low_open": True}),
+    "class_balance": ("float", 0, 1, {"low_open": True, "high_open": True, "optional": True}),
     "seed": ("int", 0, None),
     "threads": ("int", 1, None, {"optional": True}),
     "progress": ("bool", None, None),
