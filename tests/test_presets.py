@@ -64,3 +64,21 @@ def test_cradle_paper_trains_and_its_encoder_is_not_residual():
     run.model.config.residual_encoder = False
     plain = g.basal_distribution(hx, dosage, None, effect, mask, None).loc
     assert not torch.allclose(residual, plain)   # ... and differ by the offset when there is one
+
+
+def test_train_preset_from_the_command_line(tmp_path):
+    import json
+
+    from cradle_pyro.inference.cli import main
+
+    screen = tmp_path / "screen.h5ad"
+    simulate_screen(n_cells=300, n_genes=40, n_singles=3, n_combinations=1, seed=0).write_h5ad(screen)
+    out = tmp_path / "paper"
+    assert main(["train", str(screen), "--out", str(out), "--preset", "cradle-paper", "--epochs", "1",
+                 "--latent-dim", "4", "--hidden-dim", "16", "--no-doublets", "--quiet"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    # the preset's settings, with the command line's changes on top
+    assert config["model"]["effect_encoder_layers"] == 4 and not config["model"]["residual_encoder"]
+    assert config["model"]["latent_dim"] == 4 and config["train"]["epochs"] == 1
+    assert config["train"]["class_balance"] == "published" and config["train"]["lr"] == 3e-4
+    assert "preset: cradle-paper" in (out / "resolved_config.yaml").read_text()
