@@ -40,7 +40,9 @@ import pandas as pd
 
 from cradle_pyro.splits import targets_of
 
-from .effects import clean_mask, perturbseq_normalise
+from .effects import clean_mask
+from .scoring import _mean_expression as _mean
+from .scoring import clean_cells
 
 BASELINES = ("additive", "mean", "no_change", "linear")
 RIDGE_ALPHAS = np.logspace(-2, 4, 13)
@@ -48,8 +50,7 @@ RIDGE_ALPHAS = np.logspace(-2, 4, 13)
 
 def training_cells(data, condition, split: str = "test") -> np.ndarray:
     """Indices of the clean cells of ``condition`` outside ``split``."""
-    keep = (np.asarray(data.conditions) == condition) & clean_mask(data) & (data.split != split)
-    return np.flatnonzero(keep)
+    return clean_cells(data, condition, exclude_split=split)
 
 
 def training_effects(data, split: str = "test") -> pd.DataFrame:
@@ -79,10 +80,6 @@ def baseline_ates(data, perturbations, *, split: str = "test", kinds=BASELINES) 
     if unknown:
         raise ValueError(f"unknown baseline(s) {unknown}; choose from {list(BASELINES)}")
     return {k: builders[k](data, list(perturbations), effects, split) for k in kinds}
-
-
-def _mean(data, idx) -> np.ndarray:
-    return perturbseq_normalise(data.counts[idx]).mean(0)
 
 
 def _additive(data, perts, effects, split) -> pd.DataFrame:

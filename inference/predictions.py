@@ -39,7 +39,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .baselines import training_cells
-from .effects import clean_mask, sample_cells
+from .effects import sample_cells
+from .scoring import clean_cells
 
 PERT_COL = "target_gene"
 CONTROL = "non-targeting"
@@ -102,10 +103,9 @@ def baseline_cells(data, ate: pd.DataFrame, *, split: str = "test", n: int = 200
 def observed_cells(data, conditions, *, split: str = "test") -> ad.AnnData:
     """The held-out clean cells of each condition and the held-out clean control cells,
     log1p-normalised, in the scorer's layout: the truth no predictor trained on."""
-    conds = np.asarray(data.conditions)
     blocks, labels = [], []
     for c in _with_control(conditions, data):
-        idx = np.flatnonzero((conds == c) & clean_mask(data) & (data.split == split))
+        idx = clean_cells(data, c, split=split)
         if len(idx):
             blocks.append(log1p_normalise(data.counts[idx]))
             labels.append(c)

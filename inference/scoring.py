@@ -44,7 +44,6 @@ import pandas as pd
 from cradle_pyro.errors import CradleInputError
 from cradle_pyro.splits import targets_of
 
-from .baselines import BASELINES, baseline_ates
 from .effects import clean_mask, perturbseq_normalise
 
 SCORE_COLUMNS = ["pearson_all", "pearson_top", "r2_all", "r2_top", "jaccard_top", "slope_top"]
@@ -88,6 +87,17 @@ def observed_cell_counts(data, perturbations, split=None) -> dict:
     return counts
 
 
+def _condition_truth(data, p, split, x_control, top_k):
+    """A condition's clean ``split`` cells (indices, normalised), its truth against the mean of
+    ``x_control`` and its top-``top_k`` genes; ``None`` with fewer than two cells."""
+    idx = clean_cells(data, p, split=split)
+    if len(idx) < 2:
+        return None
+    x_p = perturbseq_normalise(data.counts[idx])
+    truth = x_p.mean(0) - x_control.mean(0)
+    return idx, x_p, truth, np.argsort(-np.abs(truth))[:top_k]
+
+
 def _mean_expression(data, idx) -> np.ndarray:
     return perturbseq_normalise(data.counts[idx]).mean(0)
 
@@ -123,7 +133,7 @@ def score_pair(pred: np.ndarray, true: np.ndarray, top: np.ndarray) -> dict:
 
 
 def score_ates(predictions: dict, data, perturbations, *, split: str = "test", n_splits: int = 20,
-               top_k: int = 20, baselines=BASELINES, seed: int = 0) -> pd.DataFrame:
+               top_k: int = 20, baselines=None, seed: int = 0) -> pd.DataFrame:
     """Per-condition scores of each predictor and of the baselines, on equal terms.
 
     The truth of a condition is ``mean(its clean cells in split) − mean(the clean
@@ -140,7 +150,7 @@ def score_ates(predictions: dict, data, perturbations, *, split: str = "test", n
     perturbations
         Conditions to score (their clean cells in ``split`` are the truth).
     baselines
-        Which baselines to add (default all of
+        Which baselines to add (``None``, the default: all of
         :data:`~cradle_pyro.inference.baselines.BASELINES`); ``()`` for none.
     n_splits
         Halvings the ceiling is averaged over.
@@ -152,6 +162,10 @@ def score_ates(predictions: dict, data, perturbations, *, split: str = "test", n
         ``n_cells`` (truth cells) and ``n_control`` (the truth's control
         cells); predictor ``ceiling`` has the r columns only.
     """
+    from .baselines import BASELINES, baseline_ates   # baselines build on clean_cells, defined here
+
+    baselines = BASELINES if baselines is None else tuple(baselines)
+
     rng = np.random.default_rng(seed)
     control = clean_cells(data, data.control_label, split=split)
     if len(control) < 4:
@@ -168,12 +182,10 @@ def score_ates(predictions: dict, data, perturbations, *, split: str = "test", n
     x_control = perturbseq_normalise(data.counts[control])
     rows = []
     for p in perturbations:
-        idx = clean_cells(data, p, split=split)
-        if len(idx) < 2:
+        found = _condition_truth(data, p, split, x_control, top_k)
+        if found is None:
             continue
-        x_p = perturbseq_normalise(data.counts[idx])
-        truth = x_p.mean(0) - x_control.mean(0)
-        top = np.argsort(-np.abs(truth))[:top_k]
+        idx, x_p, truth, top = found
         for name, table in predictors.items():
             if p in table.index:
                 rows.append({"predictor": name, "perturbation": p, "n_cells": len(idx),
@@ -243,12 +255,10 @@ def score_ates_shared_controls(predictions: dict, data, perturbations, *, split:
         return cache[t]
 
     for p in perturbations:
-        idx = clean_cells(data, p, split=split)
-        if len(idx) < 2:
+        found = _condition_truth(data, p, split, x_control, top_k)
+        if found is None:
             continue
-        x_p = perturbseq_normalise(data.counts[idx])
-        full_truth = x_p.mean(0) - x_control.mean(0)
-        top = np.argsort(-np.abs(full_truth))[:top_k]
+        idx, x_p, _, top = found   # top genes from the full truth (all clean control cells)
         targets = targets_of(p, data.control_label, data.separator)
         singles = [single_mean(t) for t in targets] if additive and len(targets) > 1 else None
         if singles is not None and any(s is None for s in singles):
