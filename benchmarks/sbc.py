@@ -20,6 +20,7 @@ Writes benchmarks/results/sbc.json and benchmarks/results/figures/sbc_ranks.png.
 
 import argparse
 import json
+import subprocess
 from pathlib import Path
 
 import anndata as ad
@@ -32,18 +33,23 @@ from pyro import poutine
 from scipy import stats
 
 from cradle_pyro import ModelConfig, PerturbationData
+from cradle_pyro import guides
 from cradle_pyro.model import CradleModel
 from cradle_pyro.inference import TrainConfig, fit, posterior_ate
+from cradle_pyro.inference.ensembles import ensemble_ate, fit_ensemble
 from cradle_pyro.inference.effects import perturbseq_normalise
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = dict(latent_dim=3, hidden_dim=32, effect_scale=1.0, mask_prob=0.5)
+CONFIG = dict(latent_dim=3, hidden_dim=32, effect_scale=1.0, mask_prob=0.5,
+              gene_effect_scale=0.2, library_effect_scale=0.3, decoder_weight_scale=0.2)
 
 
-def draw_screen(seed, n_genes, n_perturbations, cells_per_condition):
-    """A screen drawn from the model's prior predictive, and its true ATEs."""
+def draw_screen(seed, n_genes, n_perturbations, cells_per_condition, config=None):
+    """A screen drawn from the model's prior predictive, its true ATEs and its model."""
     pyro.set_rng_seed(seed)
-    truth_model = CradleModel(n_genes, n_perturbations, 1, ModelConfig(**CONFIG),
+    # the generating decoder's output layer is drawn from the prior a Bayesian decoder has
+    truth = dict(config or CONFIG, bayesian_decoder=True)
+    truth_model = CradleModel(n_genes, n_perturbations, 1, ModelConfig(**truth),
                               library_loc=np.log(1500.0), library_scale=0.3)
     with torch.no_grad():  # a decoder whose outputs vary across genes
         truth_model.decoder.net[-1].bias.normal_(0.0, 1.0)
@@ -54,8 +60,15 @@ def draw_screen(seed, n_genes, n_perturbations, cells_per_condition):
     for c in range(1, len(conds)):
         dosage[c * cells_per_condition:(c + 1) * cells_per_condition, c - 1] = 1.0
     n = len(dosage)
-    globals_ = poutine.trace(truth_model.sample_globals).get_trace()
-    fixed = {k: globals_.nodes[k]["value"] for k in ("effect", "mask", "artifact_effect")}
+    def draw_globals():
+        truth_model.sample_globals()
+        truth_model.sample_decoder_weight()
+
+    globals_ = poutine.trace(draw_globals).get_trace()
+    # every global (effect, mask, direct and library effects, ...) is drawn once and
+    # held fixed: the observed cells and the 4,000-cell truth come from one world
+    fixed = {k: node["value"] for k, node in globals_.nodes.items()
+             if node["type"] == "sample" and not node["is_observed"]}
     world = poutine.condition(truth_model, data=fixed)
     with torch.no_grad():
         tr = poutine.trace(world).get_trace(dosage=torch.as_tensor(dosage),
@@ -71,65 +84,139 @@ def draw_screen(seed, n_genes, n_perturbations, cells_per_condition):
             x = poutine.trace(world).get_trace(dosage=dos, artifact=torch.zeros(big, 1)).nodes["counts"]["value"]
             means.append(np.asarray(perturbseq_normalise(sp.csr_matrix(x.numpy()))).mean(0).ravel())
     ate = np.stack(means[1:]) - means[0]
+    with torch.no_grad():   # the drawn output layer, where a point-estimate decoder keeps it
+        truth_model.decoder.net[-1].weight.copy_(fixed["decoder_weight"])
     obs = pd.DataFrame({"perturbation": np.repeat(conds, cells_per_condition),
                         "clean": np.zeros(n, dtype=int)}, index=[f"c{i}" for i in range(n)])
     adata = ad.AnnData(X=sp.csr_matrix(counts), obs=obs,
                        var=pd.DataFrame(index=[f"G{g}" for g in range(n_genes)]))
-    return adata, names, ate
+    return adata, names, ate, truth_model
+
+
+def commit() -> str:
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
+
+
+def oracle_model(data, truth_model, config):
+    """A model for ``data`` whose decoder and dispersion are the generating ones, frozen."""
+    model = CradleModel.from_data(data, ModelConfig(**dict(config, bayesian_decoder=False)))
+    model.decoder.load_state_dict(truth_model.decoder.state_dict())
+    with torch.no_grad():
+        model.log_dispersion.copy_(truth_model.log_dispersion)
+    for p in list(model.decoder.parameters()) + [model.log_dispersion]:
+        p.requires_grad_(False)
+    return model
+
+
+def replicate(rep_seed, args, config, train):
+    """One SBC replicate: draw a screen, fit it, rank the truth among posterior draws."""
+    adata, names, ate, truth_model = draw_screen(rep_seed, args.genes, args.perturbations,
+                                                 args.cells, config)
+    data = PerturbationData.from_anndata(adata, artifact="clean", seed=rep_seed)
+    tc, mc = TrainConfig(seed=rep_seed, progress=False, **train), ModelConfig(**config)
+    common = dict(num_draws=args.draws, n_cells=args.n_cells, seed=rep_seed, basal=args.basal)
+    if args.members > 1:   # a mixture of runs that differ only in their training seed
+        runs = fit_ensemble(data, tc, mc, members=args.members)
+        post = ensemble_ate(runs, data, names, **common)
+    else:
+        model = oracle_model(data, truth_model, config) if args.oracle_decoder else None
+        run = fit(data, tc, mc, model=model)
+        post = posterior_ate(run.model, run.guide, data, names, **common)
+    ranks = (post.draws < ate[:, None, :]).sum(1)           # rank of the truth, 0..L
+    lower, upper = post.lower.to_numpy(), post.upper.to_numpy()
+    inside = (lower <= ate) & (ate <= upper)
+    width = float(np.median(upper - lower))
+    return ranks.ravel(), float(inside.mean()), width
+
+
+def rank_test(ranks, draws, bins=10):
+    hist = np.histogram(ranks, bins=bins, range=(-0.5, draws + 0.5))[0]
+    chi2 = stats.chisquare(hist)
+    return hist, float(chi2.statistic), float(chi2.pvalue)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--replicates", type=int, default=20)
+    ap.add_argument("--seeds", default="0,1,2", help="each seed is its own set of replicates")
+    ap.add_argument("--replicates", type=int, default=10, help="screens per seed")
     ap.add_argument("--draws", type=int, default=39)
-    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--n-cells", type=int, default=300, help="generated cells per posterior draw")
+    ap.add_argument("--epochs", type=int, default=None, help="default: chosen from the data")
+    ap.add_argument("--beta", type=float, default=None, help="default: TrainConfig's")
+    ap.add_argument("--independence", type=float, default=None, help="default: TrainConfig's")
+    ap.add_argument("--guide", default=None, help="default: TrainConfig's")
+    ap.add_argument("--basal", default="prior", choices=("prior", "abducted"),
+                    help="ATE over prior cells (the truth's estimand) or abducted ones")
+    ap.add_argument("--oracle-decoder", action="store_true",
+                    help="diagnosis: fit with the generating decoder and dispersion, frozen")
+    ap.add_argument("--bayesian-decoder", action="store_true",
+                    help="fit with the decoder's output layer a latent (ModelConfig.bayesian_decoder)")
+    ap.add_argument("--decoder-scale-start", type=float, default=None,
+                    help="q(decoder_weight)'s initial scale as a share of the prior's "
+                         "(default: cradle_pyro.guides.DECODER_SCALE_START)")
+    ap.add_argument("--members", type=int, default=1,
+                    help="an ensemble of this many runs, read as a mixture posterior")
     ap.add_argument("--genes", type=int, default=40)
     ap.add_argument("--perturbations", type=int, default=3)
     ap.add_argument("--cells", type=int, default=150, help="cells per condition")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sbc.json"))
+    ap.add_argument("--figure", default=None, help="rank-histogram PNG (default: none)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    ranks, coverage = [], []
-    for rep in range(args.replicates):
-        adata, names, ate = draw_screen(1000 + rep, args.genes, args.perturbations, args.cells)
-        data = PerturbationData.from_anndata(adata, artifact="clean", seed=rep)
-        run = fit(data, TrainConfig(epochs=args.epochs, seed=rep, progress=False, beta=0.0),
-                  ModelConfig(**CONFIG))
-        post = posterior_ate(run.model, run.guide, data, names, num_draws=args.draws, n_cells=300,
-                             seed=rep)
-        draws = post.draws                                   # (perturbations, draws, genes)
-        r = (draws < ate[:, None, :]).sum(1)                  # rank of the truth, 0..L
-        ranks.append(r.ravel())
-        lower, upper = post.lower.to_numpy(), post.upper.to_numpy()
-        coverage.append(float(((lower <= ate) & (ate <= upper)).mean()))
-        print(rep, "coverage(90%)", round(coverage[-1], 3), flush=True)
-    ranks = np.concatenate(ranks)
-    L = args.draws
-    bins = 10
-    hist = np.histogram(ranks, bins=bins, range=(-0.5, L + 0.5))[0]
-    chi2 = stats.chisquare(hist)
-    out = {"replicates": args.replicates, "posterior_draws": L, "genes": args.genes,
-           "perturbations": args.perturbations, "cells_per_condition": args.cells,
-           "epochs": args.epochs, "rank_histogram": hist.tolist(),
-           "chi2_uniform": float(chi2.statistic), "chi2_p": float(chi2.pvalue),
-           "share_in_outer_bins": float((hist[0] + hist[-1]) / hist.sum()),
-           "expected_share_outer_bins": 2 / bins,
-           "coverage_90_mean": float(np.mean(coverage)), "coverage_90_per_replicate": coverage}
+    train = {k: v for k, v in (("epochs", args.epochs), ("beta", args.beta), ("threads", args.threads),
+                                ("independence", args.independence), ("guide", args.guide))
+             if v is not None}
+    config = dict(CONFIG, bayesian_decoder=args.bayesian_decoder)
+    if args.decoder_scale_start is not None:
+        guides.DECODER_SCALE_START = args.decoder_scale_start
+    per_seed, all_ranks = {}, []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        ranks, coverage, widths = [], [], []
+        for rep in range(args.replicates):
+            r, cov, width = replicate(1000 + 100 * seed + rep, args, config, train)
+            ranks.append(r), coverage.append(cov), widths.append(width)
+            print(f"seed {seed} replicate {rep}: coverage(90%) {cov:.3f}, median width {width:.3f}",
+                  flush=True)
+        ranks = np.concatenate(ranks)
+        all_ranks.append(ranks)
+        hist, chi2, p = rank_test(ranks, args.draws)
+        per_seed[seed] = {"rank_histogram": hist.tolist(), "chi2_uniform": chi2, "chi2_p": p,
+                          "share_in_outer_bins": float((hist[0] + hist[-1]) / hist.sum()),
+                          "coverage_90_mean": float(np.mean(coverage)),
+                          "median_width_90": float(np.median(widths)),
+                          "coverage_90_per_replicate": coverage}
+    hist, chi2, p = rank_test(np.concatenate(all_ranks), args.draws)
+    out = {"settings": {"model": config, "train": train or "TrainConfig defaults",
+                        "replicates_per_seed": args.replicates, "posterior_draws": args.draws,
+                        "generated_cells_per_draw": args.n_cells, "basal": args.basal,
+                        "oracle_decoder": args.oracle_decoder, "members": args.members,
+                        "decoder_scale_start": guides.DECODER_SCALE_START,
+                        "genes": args.genes,
+                        "perturbations": args.perturbations, "cells_per_condition": args.cells},
+           "commit": commit(), "per_seed": per_seed,
+           "pooled": {"rank_histogram": hist.tolist(), "chi2_uniform": chi2, "chi2_p": p,
+                      "coverage_90_mean": float(np.mean([v["coverage_90_mean"]
+                                                         for v in per_seed.values()]))},
+           "expected_share_outer_bins": 0.2}
     Path(args.out).write_text(json.dumps(out, indent=2))
-    from matplotlib.figure import Figure
+    if args.figure:
+        from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(5, 3.2))
-    ax = fig.subplots()
-    ax.bar(np.arange(bins), hist, color="tab:blue")
-    ax.axhline(hist.sum() / bins, color="k", ls="--", lw=1, label="uniform")
-    ax.set_xlabel(f"rank of the true ATE among {L} posterior draws (binned)")
-    ax.set_ylabel("(perturbation, gene) pairs")
-    ax.set_title(f"SBC, {args.replicates} prior draws: 90% coverage {np.mean(coverage):.2f}")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(ROOT / "benchmarks" / "results" / "figures" / "sbc_ranks.png", dpi=110)
-    print(json.dumps({k: v for k, v in out.items() if k != "coverage_90_per_replicate"}, indent=2))
+        fig = Figure(figsize=(5, 3.2))
+        ax = fig.subplots()
+        ax.bar(np.arange(len(hist)), hist, color="tab:blue")
+        ax.axhline(hist.sum() / len(hist), color="k", ls="--", lw=1, label="uniform")
+        ax.set_xlabel(f"rank of the true ATE among {args.draws} posterior draws (binned)")
+        ax.set_ylabel("(perturbation, gene) pairs")
+        ax.set_title(f"SBC: 90% coverage {out['pooled']['coverage_90_mean']:.2f}")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(args.figure, dpi=110)
+    print(json.dumps({k: {s: {m: v[m] for m in ("chi2_p", "coverage_90_mean", "median_width_90")}
+                          for s, v in per_seed.items()} if k == "per_seed" else out[k]
+                      for k in ("per_seed", "pooled")}, indent=2))
 
 
 if __name__ == "__main__":

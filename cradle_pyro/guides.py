@@ -65,6 +65,9 @@ from .model import CradleModel
 from .nets import BasalEncoder, EffectNet, log_standardise
 
 
+DECODER_SCALE_START = 0.005   # q(decoder_weight)'s initial scale, as a share of the prior's
+
+
 class _GuideBase(PyroModule):
     """Shared parts: gene standardisation, q(basal | x, offsets) and its protocol methods."""
 
@@ -250,6 +253,15 @@ class CorrelatedGuide(_GuideBase):
             self.artifact_effect_loc = PyroParam(torch.zeros(A, d))
             self.artifact_effect_scale = PyroParam(torch.full((A, d), 0.1),
                                                    constraint=constraints.positive)
+        if cfg.bayesian_decoder:  # starts at the decoder's initial output layer
+            weight = model.decoder.net[-1].weight
+            self.decoder_weight_loc = PyroParam(weight.detach().clone())
+            # a small start: measured on SBC screens (benchmarks/sbc.py) a start at a quarter
+            # of the prior's scale gave narrower intervals, not wider: the deterministic
+            # layers below learn to route around weights that are noisy from the outset
+            self.decoder_weight_scale = PyroParam(
+                torch.full_like(weight.detach(), DECODER_SCALE_START * cfg.decoder_weight_scale),
+                constraint=constraints.positive)
         if cfg.latent_artifacts:
             self.artifact_guide = ArtifactGuide(model)
 
@@ -283,6 +295,9 @@ class CorrelatedGuide(_GuideBase):
                 if m.use_gene_effects:
                     pyro.sample("gene_effect", dist.Normal(self.gene_effect_loc,
                                                            self.gene_effect_scale).to_event(1))
+        if cfg.bayesian_decoder:
+            pyro.sample("decoder_weight", dist.Normal(self.decoder_weight_loc,
+                                                      self.decoder_weight_scale).to_event(2))
         if cfg.use_artifact_latents or cfg.latent_artifacts:
             with pyro.plate("artifact_kinds", m.n_artifacts, dim=-1):
                 if cfg.use_artifact_latents:

@@ -16,6 +16,8 @@ site                 shape  plate           role
                                             perturbation on every gene (``gene_effects``)
 ``library_effect``   P      perturbations   log-fold effect of a perturbation on the
                                             library size (``library_effects``)
+``decoder_weight``   G × H  —               the decoder's output layer, when it is a
+                                            latent (``bayesian_decoder``)
 ``dosage``           n × P  cells           treatment received (observed, intervenable)
 ``artifact``         n × A  cells           artifact state (observed, or latent with
                                             its QC evidence: :mod:`.artifact_state`)
@@ -370,6 +372,17 @@ class CradleModel(PyroModule):
                           if self.artifact_evidence.n_flags else (None, None))
         return effect, mask, artifact_effect, (target_effect, gene_effect), flag_rates, library_effect
 
+    def sample_decoder_weight(self):
+        """The decoder's output layer (G × H) from its prior, or ``None`` when it is a point
+        estimate: a latent so that what the cells leave unknown about each gene's response
+        to the latent state reaches every interval."""
+        if not self.config.bayesian_decoder:
+            return None
+        shape = self.decoder.net[-1].weight.shape
+        prior = dist.Normal(torch.zeros(shape, device=self.device),
+                            torch.full(shape, self.config.decoder_weight_scale, device=self.device))
+        return pyro.sample("decoder_weight", prior.to_event(2))
+
     # ---------------------------------------------------------------- story
     def forward(self, counts=None, dosage=None, artifact=None, library=None, *, qc=None,
                 flags=None, cell_index=None, num_cells=None, reference=None, n_cells=None):
@@ -377,6 +390,7 @@ class CradleModel(PyroModule):
         device = self.dosage_freq.device
         (effect, mask, artifact_effect, direct_effects, flag_rates,
          library_effect) = self.sample_globals()
+        decoder_weight = self.sample_decoder_weight()
         latent = self.config.latent_artifacts
         if latent:  # not observed: the QC flags and covariates are evidence of it
             artifact = None
@@ -395,7 +409,7 @@ class CradleModel(PyroModule):
                 prior = self.library_distribution(dosage, library_effect)
                 library = pyro.sample("library", prior.expand(
                     torch.broadcast_shapes(prior.batch_shape, (n,))), obs=library)
-            logits = self.decoder(z) + self.direct_shift(dosage, *direct_effects)
+            logits = self.decoder(z, decoder_weight) + self.direct_shift(dosage, *direct_effects)
             # log expected counts: log library + log proportions (softmax of the logits)
             log_mean = library.log().unsqueeze(-1) + torch.log_softmax(logits, -1)
             pyro.sample("counts", count_distribution(self.config.likelihood, dispersion=self.dispersion,

@@ -43,8 +43,13 @@ class Decoder(nn.Module):
         super().__init__()
         self.net = mlp([input_dim] + [hidden_dim] * n_layers + [n_genes])
 
-    def forward(self, z):
-        return self.net(z)
+    def forward(self, z, weight=None):
+        """Gene logits; ``weight`` (``... × G × H``, batch dims broadcasting with the cells')
+        replaces the output layer's weights when the model samples them."""
+        if weight is None:
+            return self.net(z)
+        hidden = self.net[:-1](z)
+        return (hidden.unsqueeze(-2) @ weight.transpose(-1, -2)).squeeze(-2) + self.net[-1].bias
 
 
 class BasalEncoder(nn.Module):
