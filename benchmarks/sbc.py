@@ -48,7 +48,7 @@ def draw_screen(seed, n_genes, n_perturbations, cells_per_condition, config=None
     """A screen drawn from the model's prior predictive, its true ATEs and its model."""
     pyro.set_rng_seed(seed)
     # the generating decoder's output layer is drawn from the prior a Bayesian decoder has
-    truth = dict(config or CONFIG, bayesian_decoder=True)
+    truth = dict(config or CONFIG, bayesian_decoder=True, bayesian_decoder_layers="all")
     truth_model = CradleModel(n_genes, n_perturbations, 1, ModelConfig(**truth),
                               library_loc=np.log(1500.0), library_scale=0.3)
     with torch.no_grad():  # a decoder whose outputs vary across genes
@@ -84,8 +84,9 @@ def draw_screen(seed, n_genes, n_perturbations, cells_per_condition, config=None
             x = poutine.trace(world).get_trace(dosage=dos, artifact=torch.zeros(big, 1)).nodes["counts"]["value"]
             means.append(np.asarray(perturbseq_normalise(sp.csr_matrix(x.numpy()))).mean(0).ravel())
     ate = np.stack(means[1:]) - means[0]
-    with torch.no_grad():   # the drawn output layer, where a point-estimate decoder keeps it
-        truth_model.decoder.net[-1].weight.copy_(fixed["decoder_weight"])
+    with torch.no_grad():   # the drawn weights, where a point-estimate decoder keeps them
+        for site, i, _ in truth_model.decoder_weight_sites():
+            truth_model.decoder.net[i].weight.copy_(fixed[site])
     obs = pd.DataFrame({"perturbation": np.repeat(conds, cells_per_condition),
                         "clean": np.zeros(n, dtype=int)}, index=[f"c{i}" for i in range(n)])
     adata = ad.AnnData(X=sp.csr_matrix(counts), obs=obs,
@@ -98,13 +99,16 @@ def commit() -> str:
                           capture_output=True, text=True).stdout.strip()
 
 
-def oracle_model(data, truth_model, config):
-    """A model for ``data`` whose decoder and dispersion are the generating ones, frozen."""
+def oracle_model(data, truth_model, config, dispersion=True):
+    """A model for ``data`` whose decoder (and dispersion) are the generating ones, frozen."""
     model = CradleModel.from_data(data, ModelConfig(**dict(config, bayesian_decoder=False)))
     model.decoder.load_state_dict(truth_model.decoder.state_dict())
-    with torch.no_grad():
-        model.log_dispersion.copy_(truth_model.log_dispersion)
-    for p in list(model.decoder.parameters()) + [model.log_dispersion]:
+    frozen = list(model.decoder.parameters())
+    if dispersion:
+        with torch.no_grad():
+            model.log_dispersion.copy_(truth_model.log_dispersion)
+        frozen.append(model.log_dispersion)
+    for p in frozen:
         p.requires_grad_(False)
     return model
 
@@ -116,11 +120,15 @@ def replicate(rep_seed, args, config, train):
     data = PerturbationData.from_anndata(adata, artifact="clean", seed=rep_seed)
     tc, mc = TrainConfig(seed=rep_seed, progress=False, **train), ModelConfig(**config)
     common = dict(num_draws=args.draws, n_cells=args.n_cells, seed=rep_seed, basal=args.basal)
-    if args.members > 1:   # a mixture of runs that differ only in their training seed
+    if args.bootstrap_members > 1:   # the bagged posterior: each run on a resample of the cells
+        runs = fit_ensemble(data, tc, mc, members=args.bootstrap_members, bootstrap=True)
+        post = ensemble_ate(runs, data, names, **common)
+    elif args.members > 1:   # a mixture of runs that differ only in their training seed
         runs = fit_ensemble(data, tc, mc, members=args.members)
         post = ensemble_ate(runs, data, names, **common)
     else:
-        model = oracle_model(data, truth_model, config) if args.oracle_decoder else None
+        model = (oracle_model(data, truth_model, config, dispersion=args.oracle_decoder == "with-dispersion")
+                 if args.oracle_decoder else None)
         run = fit(data, tc, mc, model=model)
         post = posterior_ate(run.model, run.guide, data, names, **common)
     ranks = (post.draws < ate[:, None, :]).sum(1)           # rank of the truth, 0..L
@@ -148,13 +156,18 @@ def main():
     ap.add_argument("--guide", default=None, help="default: TrainConfig's")
     ap.add_argument("--basal", default="prior", choices=("prior", "abducted"),
                     help="ATE over prior cells (the truth's estimand) or abducted ones")
-    ap.add_argument("--oracle-decoder", action="store_true",
-                    help="diagnosis: fit with the generating decoder and dispersion, frozen")
+    ap.add_argument("--oracle-decoder", nargs="?", const="with-dispersion", default=None,
+                    choices=("with-dispersion", "weights-only"),
+                    help="diagnosis: fit with the generating decoder (and dispersion), frozen")
     ap.add_argument("--bayesian-decoder", action="store_true",
                     help="fit with the decoder's output layer a latent (ModelConfig.bayesian_decoder)")
+    ap.add_argument("--decoder-layers", default="output", choices=("output", "all"),
+                    help="with --bayesian-decoder: which decoder weights are latents")
     ap.add_argument("--decoder-scale-start", type=float, default=None,
                     help="q(decoder_weight)'s initial scale as a share of the prior's "
                          "(default: cradle_pyro.guides.DECODER_SCALE_START)")
+    ap.add_argument("--bootstrap-members", type=int, default=1,
+                    help="an ensemble of runs each trained on a resample of the cells (BayesBag)")
     ap.add_argument("--members", type=int, default=1,
                     help="an ensemble of this many runs, read as a mixture posterior")
     ap.add_argument("--genes", type=int, default=40)
@@ -168,7 +181,8 @@ def main():
     train = {k: v for k, v in (("epochs", args.epochs), ("beta", args.beta), ("threads", args.threads),
                                 ("independence", args.independence), ("guide", args.guide))
              if v is not None}
-    config = dict(CONFIG, bayesian_decoder=args.bayesian_decoder)
+    config = dict(CONFIG, bayesian_decoder=args.bayesian_decoder,
+                  bayesian_decoder_layers=args.decoder_layers)
     if args.decoder_scale_start is not None:
         guides.DECODER_SCALE_START = args.decoder_scale_start
     per_seed, all_ranks = {}, []
@@ -192,6 +206,7 @@ def main():
                         "replicates_per_seed": args.replicates, "posterior_draws": args.draws,
                         "generated_cells_per_draw": args.n_cells, "basal": args.basal,
                         "oracle_decoder": args.oracle_decoder, "members": args.members,
+                        "bootstrap_members": args.bootstrap_members,
                         "decoder_scale_start": guides.DECODER_SCALE_START,
                         "genes": args.genes,
                         "perturbations": args.perturbations, "cells_per_condition": args.cells},

@@ -135,6 +135,10 @@ class ModelConfig:
         enters every interval. Measured by SBC: with the decoder a point
         estimate the 90 % intervals cover the truth 0.76 of the time, with
         the generating decoder in its place 0.91 (``benchmarks/sbc.py``).
+    bayesian_decoder_layers
+        Which weights are latents: ``"output"`` (default) or ``"all"`` (every
+        layer of the decoder; sites ``decoder_hidden_weight_<k>`` beside
+        ``decoder_weight``).
     decoder_weight_scale
         Scale of the Normal prior on those weights.
     artifact_state
@@ -183,6 +187,7 @@ class ModelConfig:
     library_effects: bool = True
     library_effect_scale: float = 1.0
     bayesian_decoder: bool = False
+    bayesian_decoder_layers: str = "output"
     decoder_weight_scale: float = 1.0
     artifact_state: str = "observed"
     artifact_evidence: str = "covariates"
@@ -220,6 +225,9 @@ class ModelConfig:
                 or not all(isinstance(c, str) and c for c in causes) or len(set(causes)) != len(causes)):
             raise CradleInputError(f"artifact_causes={causes!r}; give distinct names, e.g. "
                                    "('damaged', 'low_complexity', 'doublet')")
+        if self.bayesian_decoder_layers not in ("output", "all"):
+            raise CradleInputError(f"bayesian_decoder_layers={self.bayesian_decoder_layers!r}; "
+                                   "use 'output' or 'all'")
         if self.combine not in (None, "concat", "sum"):
             raise CradleInputError(f"combine={self.combine!r}; use 'concat' or 'sum'")
         if self.model == "cvae" and self.combine == "sum":

@@ -481,7 +481,23 @@ class PerturbationData:
 
     def subset(self, split: str) -> "PerturbationData":
         """The cells of one split (references and QC kept for those cells)."""
-        idx = self.indices(split)
+        return self.take(self.indices(split))
+
+    def resample_training(self, seed: int) -> "PerturbationData":
+        """The screen with each condition's training cells drawn with replacement (as many as
+        it had); the other splits are kept as they are. One bootstrap replicate of the cells
+        a run learns from (:func:`cradle_pyro.inference.ensembles.fit_ensemble`)."""
+        rng = np.random.default_rng(seed)
+        train = self.split == "train"
+        keep = [np.flatnonzero(~train)]
+        for code in np.unique(self.condition_code[train]):
+            cells = np.flatnonzero(train & (self.condition_code == code))
+            keep.append(rng.choice(cells, len(cells), replace=True))
+        return self.take(np.sort(np.concatenate(keep)))
+
+    def take(self, idx) -> "PerturbationData":
+        """The cells at positions ``idx`` (repeats allowed; references and QC kept for them)."""
+        idx = np.asarray(idx)
         ref = self.references
         refs = ReferenceProfiles(ref.profiles, ref.counterfactual_artifact, ref.condition,
                                  ref.groups, ref.cell_group[idx])

@@ -53,6 +53,8 @@ Example
 
 from __future__ import annotations
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -253,15 +255,21 @@ class CorrelatedGuide(_GuideBase):
             self.artifact_effect_loc = PyroParam(torch.zeros(A, d))
             self.artifact_effect_scale = PyroParam(torch.full((A, d), 0.1),
                                                    constraint=constraints.positive)
-        if cfg.bayesian_decoder:  # starts at the decoder's initial output layer
-            weight = model.decoder.net[-1].weight
-            self.decoder_weight_loc = PyroParam(weight.detach().clone())
+        if cfg.bayesian_decoder:  # each starts at the decoder's initial weights
             # a small start: measured on SBC screens (benchmarks/sbc.py) a start at a quarter
             # of the prior's scale gave narrower intervals, not wider: the deterministic
             # layers below learn to route around weights that are noisy from the outset
-            self.decoder_weight_scale = PyroParam(
-                torch.full_like(weight.detach(), DECODER_SCALE_START * cfg.decoder_weight_scale),
-                constraint=constraints.positive)
+            self.decoder_weight_loc = torch.nn.ParameterList()
+            self.decoder_weight_tril = torch.nn.ParameterList()
+            start = math.log(DECODER_SCALE_START * cfg.decoder_weight_scale)
+            for _, i, _ in model.decoder_weight_sites():
+                weight = model.decoder.net[i].weight.detach()
+                self.decoder_weight_loc.append(torch.nn.Parameter(weight.clone()))
+                # one full covariance per output unit (row): the hidden units are strongly
+                # correlated features, so a row's weights are too, and a mean-field guide
+                # gives each only its conditional variance
+                raw = torch.diag_embed(torch.full_like(weight, start))
+                self.decoder_weight_tril.append(torch.nn.Parameter(raw))
         if cfg.latent_artifacts:
             self.artifact_guide = ArtifactGuide(model)
 
@@ -295,9 +303,14 @@ class CorrelatedGuide(_GuideBase):
                 if m.use_gene_effects:
                     pyro.sample("gene_effect", dist.Normal(self.gene_effect_loc,
                                                            self.gene_effect_scale).to_event(1))
-        if cfg.bayesian_decoder:
-            pyro.sample("decoder_weight", dist.Normal(self.decoder_weight_loc,
-                                                      self.decoder_weight_scale).to_event(2))
+        for (site, _, _), loc, raw in (zip(m.decoder_weight_sites(), self.decoder_weight_loc,
+                                           self.decoder_weight_tril) if cfg.bayesian_decoder else ()):
+            # unit lower-triangular times the scales: an optimiser's step on an
+            # off-diagonal entry is then relative to the scales, not absolute
+            scale = raw.diagonal(dim1=-2, dim2=-1).exp()
+            unit = raw.tril(-1) + torch.eye(raw.shape[-1], device=raw.device)
+            tril = unit * scale.unsqueeze(-2)
+            pyro.sample(site, dist.MultivariateNormal(loc, scale_tril=tril).to_event(1))
         if cfg.use_artifact_latents or cfg.latent_artifacts:
             with pyro.plate("artifact_kinds", m.n_artifacts, dim=-1):
                 if cfg.use_artifact_latents:

@@ -372,16 +372,30 @@ class CradleModel(PyroModule):
                           if self.artifact_evidence.n_flags else (None, None))
         return effect, mask, artifact_effect, (target_effect, gene_effect), flag_rates, library_effect
 
-    def sample_decoder_weight(self):
-        """The decoder's output layer (G × H) from its prior, or ``None`` when it is a point
-        estimate: a latent so that what the cells leave unknown about each gene's response
-        to the latent state reaches every interval."""
+    def decoder_weight_sites(self) -> list:
+        """``(site, layer index in decoder.net, shape)`` of each decoder weight that is a
+        latent: the output layer's (``decoder_weight``) with ``bayesian_decoder``, and the
+        hidden layers' (``decoder_hidden_weight_<k>``) with ``bayesian_decoder_layers="all"``."""
         if not self.config.bayesian_decoder:
+            return []
+        linear = [i for i, m in enumerate(self.decoder.net) if isinstance(m, torch.nn.Linear)]
+        hidden = linear[:-1] if self.config.bayesian_decoder_layers == "all" else []
+        return ([(f"decoder_hidden_weight_{k}", i, tuple(self.decoder.net[i].weight.shape))
+                 for k, i in enumerate(hidden)]
+                + [("decoder_weight", linear[-1], tuple(self.decoder.net[linear[-1]].weight.shape))])
+
+    def sample_decoder_weight(self):
+        """The decoder's latent weights from their prior (layer index → weights), or ``None``
+        when the decoder is a point estimate: latents so that what the cells leave unknown
+        about each gene's response to the latent state reaches every interval."""
+        sites = self.decoder_weight_sites()
+        if not sites:
             return None
-        shape = self.decoder.net[-1].weight.shape
-        prior = dist.Normal(torch.zeros(shape, device=self.device),
-                            torch.full(shape, self.config.decoder_weight_scale, device=self.device))
-        return pyro.sample("decoder_weight", prior.to_event(2))
+        scale = self.config.decoder_weight_scale
+        return {i: pyro.sample(site, dist.Normal(torch.zeros(shape, device=self.device),
+                                                 torch.full(shape, scale, device=self.device))
+                               .to_event(2))
+                for site, i, shape in sites}
 
     # ---------------------------------------------------------------- story
     def forward(self, counts=None, dosage=None, artifact=None, library=None, *, qc=None,

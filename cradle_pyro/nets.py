@@ -43,13 +43,28 @@ class Decoder(nn.Module):
         super().__init__()
         self.net = mlp([input_dim] + [hidden_dim] * n_layers + [n_genes])
 
-    def forward(self, z, weight=None):
-        """Gene logits; ``weight`` (``... × G × H``, batch dims broadcasting with the cells')
-        replaces the output layer's weights when the model samples them."""
-        if weight is None:
+    def forward(self, z, weights=None):
+        """Gene logits. ``weights`` maps a layer's index in ``net`` to weights
+        (``... × out × in``, batch dims broadcasting with the cells') that replace that
+        layer's own, where the model samples them."""
+        if not weights:
             return self.net(z)
-        hidden = self.net[:-1](z)
-        return (hidden.unsqueeze(-2) @ weight.transpose(-1, -2)).squeeze(-2) + self.net[-1].bias
+        x = z
+        for i, layer in enumerate(self.net):
+            if i in weights:
+                x = _linear(x, weights[i]) + layer.bias
+            else:
+                x = layer(x)
+        return x
+
+
+def _linear(x, weight):
+    """``x @ weight.T`` where ``weight`` (``... × 1 × out × in``, or ``out × in``) has one
+    matrix per particle, shared by the particle's cells (``x``: ``... × cells × in``)."""
+    if weight.dim() > 2 and weight.shape[-3] == 1:
+        weight = weight.squeeze(-3)     # a batched matmul, not one per cell
+        return x @ weight.transpose(-1, -2)
+    return (x.unsqueeze(-2) @ weight.transpose(-1, -2)).squeeze(-2)
 
 
 class BasalEncoder(nn.Module):

@@ -36,19 +36,31 @@ from .train import TrainConfig, fit
 
 
 def fit_ensemble(data, train_config: TrainConfig | None = None, model_config=None,
-                 members: int = 3, first=None) -> list:
-    """Train ``members`` runs that differ only in their seed (``seed``, ``seed + 1``, …).
+                 members: int = 3, first=None, bootstrap: bool = False) -> list:
+    """Train ``members`` runs that differ in their seed (``seed``, ``seed + 1``, …).
 
     Returns the list of :class:`~cradle_pyro.inference.train.TrainedRun`; the first member is
     exactly what :func:`~cradle_pyro.inference.train.fit` with ``train_config`` returns, or
     ``first`` when that run is already trained.
+
+    With ``bootstrap=True`` every member (the first too) trains on its own bootstrap
+    replicate of the training cells (:meth:`~cradle_pyro.data.PerturbationData.resample_training`,
+    seeded by the member's seed), and the mixture is the bagged posterior (BayesBag:
+    Bühlmann 2014; Huggins & Miller 2023): what one run's guide leaves out, chiefly that the
+    decoder is a point estimate, enters as the spread between members. Measured by SBC
+    (``benchmarks/sbc.py``).
     """
     if members < 1:
         raise ValueError(f"members={members}; an ensemble needs at least one run")
     tc = train_config or TrainConfig()
-    runs = [first if first is not None else fit(data, tc, model_config)]
-    return runs + [fit(data, replace(tc, seed=tc.seed + k), model_config)
-                   for k in range(1, members)]
+
+    def member(k):
+        member_tc = replace(tc, seed=tc.seed + k)
+        cells = data.resample_training(member_tc.seed) if bootstrap else data
+        return fit(cells, member_tc, model_config)
+
+    runs = [first if first is not None and not bootstrap else member(0)]
+    return runs + [member(k) for k in range(1, members)]
 
 
 def ensemble_ate(runs, data, perturbations, *, num_draws: int = NUM_DRAWS, seed: int = 0,

@@ -52,3 +52,34 @@ def test_ensemble_refuses_too_few_draws_and_empty_ensembles(screen):
         ensemble_ate([], data, ["P0"])
     with pytest.raises(ValueError, match="members=0"):
         fit_ensemble(data, members=0)
+
+
+def test_resample_training_draws_each_conditions_training_cells_with_replacement(screen):
+    data = screen[0]
+    boot = data.resample_training(seed=1)
+    train, btrain = data.split == "train", boot.split == "train"
+    assert boot.n_cells == data.n_cells and btrain.sum() == train.sum()
+    # each condition keeps its number of training cells; the other splits are untouched
+    for code in np.unique(data.condition_code[train]):
+        assert (btrain & (boot.condition_code == code)).sum() == \
+            (train & (data.condition_code == code)).sum()
+    np.testing.assert_array_equal(boot.counts[~btrain].toarray(), data.counts[~train].toarray())
+    # drawn with replacement: some training cells repeat, some are left out
+    rows = {tuple(r) for r in boot.counts[btrain].toarray()}
+    assert len(rows) < btrain.sum()
+    np.testing.assert_array_equal(data.resample_training(seed=1).counts.toarray(),
+                                  boot.counts.toarray())
+    assert not np.array_equal(data.resample_training(seed=2).counts.toarray(),
+                              boot.counts.toarray())
+
+
+def test_bootstrap_members_each_train_on_their_own_resample(screen):
+    data = screen[0]
+    tc = TrainConfig(epochs=2, progress=False, seed=7)
+    runs = fit_ensemble(data, tc, MODEL, members=2, bootstrap=True)
+    expect = [data.resample_training(seed) for seed in (7, 8)]
+    for run, cells in zip(runs, expect):
+        np.testing.assert_array_equal(run.data.counts.toarray(), cells.counts.toarray())
+    # the first member is not the plain fit: it learnt from a resample too
+    single = fit(data, tc, MODEL)
+    assert not np.allclose(single.history["loss"], runs[0].history["loss"])
