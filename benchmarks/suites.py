@@ -50,7 +50,14 @@ SUITES = {
                      ("simulated_interactions.py", ["simulated_interactions.json"]),
                  ]),
     "calibration": ("whether intervals cover at their nominal rate", [
-        ("sbc.py", ["sbc.json"]),
+        ("sbc.py --figure benchmarks/results/figures/sbc_ranks.png", ["sbc.json"]),
+        ("sbc.py --seeds 0 --replicates 8 --oracle-decoder weights-only "
+         "--out benchmarks/results/sbc_oracle_decoder.json", ["sbc_oracle_decoder.json"]),
+        ("sbc.py --bayesian-decoder --out benchmarks/results/sbc_bayesian_decoder.json",
+         ["sbc_bayesian_decoder.json"]),
+        ("sbc.py --bootstrap-members 3 --out benchmarks/results/sbc_bagged.json",
+         ["sbc_bagged.json"]),
+        ("nuts_reference.py", ["nuts_reference.json"]),
         ("interval_kinds.py", ["interval_kinds.json"]),
         ("simulator_effects.py", ["simulator_effects.json"]),
         ("papalexi_diagnostics.py", ["papalexi"]),

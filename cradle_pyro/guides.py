@@ -256,9 +256,8 @@ class CorrelatedGuide(_GuideBase):
             self.artifact_effect_scale = PyroParam(torch.full((A, d), 0.1),
                                                    constraint=constraints.positive)
         if cfg.bayesian_decoder:  # each starts at the decoder's initial weights
-            # a small start: measured on SBC screens (benchmarks/sbc.py) a start at a quarter
-            # of the prior's scale gave narrower intervals, not wider: the deterministic
-            # layers below learn to route around weights that are noisy from the outset
+            # a small start (0.5 % of the prior's scale): on SBC screens (benchmarks/sbc.py) a
+            # start at a quarter of it gave no wider intervals and made early training noisy
             self.decoder_weight_loc = torch.nn.ParameterList()
             self.decoder_weight_tril = torch.nn.ParameterList()
             start = math.log(DECODER_SCALE_START * cfg.decoder_weight_scale)

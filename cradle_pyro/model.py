@@ -17,7 +17,9 @@ site                 shape  plate           role
 ``library_effect``   P      perturbations   log-fold effect of a perturbation on the
                                             library size (``library_effects``)
 ``decoder_weight``   G × H  —               the decoder's output layer, when it is a
-                                            latent (``bayesian_decoder``)
+                                            latent (``bayesian_decoder``; and
+                                            ``decoder_hidden_weight_<k>`` per hidden
+                                            layer with ``bayesian_decoder_layers="all"``)
 ``dosage``           n × P  cells           treatment received (observed, intervenable)
 ``artifact``         n × A  cells           artifact state (observed, or latent with
                                             its QC evidence: :mod:`.artifact_state`)
