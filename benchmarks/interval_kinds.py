@@ -59,6 +59,8 @@ def main():
                     help="the decoder's output layer a latent (ModelConfig.bayesian_decoder)")
     ap.add_argument("--members", type=int, default=1,
                     help="an ensemble of this many runs, read as a mixture posterior")
+    ap.add_argument("--bootstrap", action="store_true",
+                    help="with --members: each member on a bootstrap replicate (bagged posterior)")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -69,6 +71,7 @@ def main():
                            "num_draws": 200, "n_cells": 500, "interval": 0.9,
                            "threads": args.threads, "members": args.members,
                            "bayesian_decoder": args.bayesian_decoder,
+                           "bootstrap": args.bootstrap,
                            "observed": "held-out double cells minus held-out control cells"},
               "seeds": {}}
     for seed in [int(s) for s in args.seeds.split(",")]:
@@ -77,8 +80,8 @@ def main():
                                              seed=seed)
         tc = TrainConfig(seed=seed, progress=False)
         mc = ModelConfig(bayesian_decoder=args.bayesian_decoder)
-        runs = (fit_ensemble(data, tc, mc, members=args.members) if args.members > 1
-                else [fit(data, tc, mc)])
+        runs = (fit_ensemble(data, tc, mc, members=args.members, bootstrap=args.bootstrap)
+                if args.members > 1 else [fit(data, tc, mc)])
         held = sorted({c for c, s in zip(data.conditions, data.split) if s == "test"
                        and data.separator in c})
         control = clean_cells(data, data.control_label, split="test")

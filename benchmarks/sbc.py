@@ -153,6 +153,24 @@ def rank_test(ranks, draws, bins=10):
     return hist, float(chi2.statistic), float(chi2.pvalue)
 
 
+def figure(results: dict, path, draws=39):
+    """Rank histograms (pooled over seeds) of labelled SBC result files, one panel each."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(3.2 * len(results), 3.0))
+    axes = np.atleast_1d(fig.subplots(1, len(results), sharey=True))
+    for ax, (label, res) in zip(axes, results.items()):
+        hist = np.asarray(res["pooled"]["rank_histogram"])
+        cover = [v["coverage_90_mean"] for v in res["per_seed"].values()]
+        ax.bar(np.arange(len(hist)), hist / hist.sum(), color="tab:blue")
+        ax.axhline(1 / len(hist), color="k", ls="--", lw=1)
+        ax.set_title(f"{label}\n90% coverage {' / '.join(f'{c:.2f}' for c in cover)}", fontsize=9)
+        ax.set_xlabel(f"rank of the truth, 10 bins of 0–{draws}", fontsize=8)
+    axes[0].set_ylabel("share of (perturbation, gene) pairs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="0,1,2", help="each seed is its own set of replicates")
@@ -185,7 +203,15 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sbc.json"))
     ap.add_argument("--figure", default=None, help="rank-histogram PNG (default: none)")
+    ap.add_argument("--figure-from", default=None, metavar="LABEL=FILE,...",
+                    help="draw the rank histograms of saved result files into --figure and stop")
     args = ap.parse_args()
+    if args.figure_from:
+        pairs = [item.split("=", 1) for item in args.figure_from.split(",")]
+        figure({label: json.loads(Path(f).read_text()) for label, f in pairs},
+               args.figure or ROOT / "benchmarks" / "results" / "figures" / "sbc_ranks.png",
+               args.draws)
+        return
     torch.set_num_threads(args.threads)
     train = {k: v for k, v in (("epochs", args.epochs), ("beta", args.beta), ("threads", args.threads),
                                 ("independence", args.independence), ("guide", args.guide))
@@ -226,18 +252,7 @@ def main():
            "expected_share_outer_bins": 0.2}
     Path(args.out).write_text(json.dumps(out, indent=2))
     if args.figure:
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=(5, 3.2))
-        ax = fig.subplots()
-        ax.bar(np.arange(len(hist)), hist, color="tab:blue")
-        ax.axhline(hist.sum() / len(hist), color="k", ls="--", lw=1, label="uniform")
-        ax.set_xlabel(f"rank of the true ATE among {args.draws} posterior draws (binned)")
-        ax.set_ylabel("(perturbation, gene) pairs")
-        ax.set_title(f"SBC: 90% coverage {out['pooled']['coverage_90_mean']:.2f}")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(args.figure, dpi=110)
+        figure({"this run": out}, args.figure, args.draws)
     print(json.dumps({k: {s: {m: v[m] for m in ("chi2_p", "coverage_90_mean", "median_width_90")}
                           for s, v in per_seed.items()} if k == "per_seed" else out[k]
                       for k in ("per_seed", "pooled")}, indent=2))
