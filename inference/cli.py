@@ -209,8 +209,10 @@ TRAIN_OPTIONS = {
     "bayesian_decoder": ("model", bool, False, "the decoder's output layer as a latent with a "
                          "prior (site decoder_weight): what the cells leave unknown about each "
                          "gene's response enters every interval (--bayesian-decoder: on)"),
-    "decoder_weight_scale": ("model", float, 1.0, "prior scale of the decoder's output-layer "
-                             "weights (with --bayesian-decoder)"),
+    "bayesian_decoder_layers": ("model", str, "output", "with --bayesian-decoder: which "
+                                "decoder weights are latents, output (the output layer) or all"),
+    "decoder_weight_scale": ("model", float, 1.0, "prior scale of the decoder's latent weights "
+                             "(with --bayesian-decoder)"),
     "artifact_state": ("model", str, "observed", "observed (the QC flags are the artifact "
                        "state) or latent (flags and QC covariates are evidence about it; "
                        "cleaning then trusts the posterior, not the threshold)"),
