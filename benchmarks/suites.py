@@ -59,6 +59,8 @@ SUITES = {
          ["sbc_bagged.json"]),
         ("nuts_reference.py", ["nuts_reference.json"]),
         ("interval_kinds.py", ["interval_kinds.json"]),
+        ("interval_kinds.py --seeds 0 --members 3 --bootstrap "
+         "--out benchmarks/results/interval_kinds_bagged.json", ["interval_kinds_bagged.json"]),
         ("simulator_effects.py", ["simulator_effects.json"]),
         ("papalexi_diagnostics.py", ["papalexi"]),
     ]),
