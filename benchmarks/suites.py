@@ -57,6 +57,8 @@ SUITES = {
          ["sbc_bayesian_decoder.json"]),
         ("sbc.py --bootstrap-members 3 --out benchmarks/results/sbc_bagged.json",
          ["sbc_bagged.json"]),
+        ("sbc.py --bootstrap-members 5 --out benchmarks/results/sbc_bagged5.json",
+         ["sbc_bagged5.json"]),
         ("nuts_reference.py", ["nuts_reference.json"]),
         ("interval_kinds.py", ["interval_kinds.json"]),
         ("interval_kinds.py --seeds 0 --members 3 --bootstrap "

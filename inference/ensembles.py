@@ -48,7 +48,8 @@ def fit_ensemble(data, train_config: TrainConfig | None = None, model_config=Non
     seeded by the member's seed), and the mixture is the bagged posterior (BayesBag:
     Bühlmann 2014; Huggins & Miller 2023): what one run's guide leaves out, chiefly that the
     decoder is a point estimate, enters as the spread between members. Measured by SBC
-    (``benchmarks/sbc.py``).
+    (``benchmarks/sbc.py``): 90 % coverage 0.72–0.77 for one run, 0.81–0.86 with three
+    bootstrap members, 0.85–0.91 with five.
     """
     if members < 1:
         raise ValueError(f"members={members}; an ensemble needs at least one run")
