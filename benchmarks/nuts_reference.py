@@ -24,7 +24,6 @@ Writes benchmarks/results/nuts_reference.json.
 
 import argparse
 import json
-import subprocess
 import time
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from pyro.infer import MCMC, NUTS
 
 from cradle_pyro import ModelConfig, PerturbationData
 from cradle_pyro.inference import TrainConfig, fit, posterior_ate
-from sbc import CONFIG, draw_screen, oracle_model
+from sbc import CONFIG, commit, draw_screen, interval_stats, oracle_model
 
 ROOT = Path(__file__).resolve().parents[1]
 UNPLATED = {"decoder_weight"}   # the other globals live in one plate (perturbations, kinds)
@@ -83,12 +82,6 @@ def nuts_globals(model, batch, mask, warmup, samples, seed):
     keep = {k: v.detach() for k, v in draws.items() if k != "basal"}
     keep["mask"] = mask.expand(samples, *mask.shape)
     return keep, diag
-
-
-def interval_stats(post, ate):
-    lower, upper = post.lower.to_numpy(), post.upper.to_numpy()
-    return {"coverage_90": float(((lower <= ate) & (ate <= upper)).mean()),
-            "median_width_90": float(np.median(upper - lower))}, upper - lower
 
 
 def compare(run, data, names, ate, args, seed):
@@ -140,14 +133,12 @@ def main():
                          "oracle_decoder": compare(oracle, data, names, ate, args, seed)}
         print(seed, json.dumps({k: {m: v[m] for m in ("variational", "nuts", "width_ratio_median")}
                                 for k, v in results[seed].items()}), flush=True)
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
     out = {"settings": {"model": dict(CONFIG, bayesian_decoder=args.bayesian_decoder),
                         "train": "TrainConfig defaults", "max_tree_depth": 6, "warmup": args.warmup,
                         "samples": args.samples, "draws": args.draws, "n_cells": args.n_cells,
                         "genes": args.genes, "perturbations": args.perturbations,
                         "cells_per_condition": args.cells, "mask": "fixed at the guide's mode"},
-           "commit": commit, "per_seed": results}
+           "commit": commit(), "per_seed": results}
     Path(args.out).write_text(json.dumps(out, indent=2))
 
 

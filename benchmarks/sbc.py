@@ -129,11 +129,9 @@ def replicate(rep_seed, args, config, train):
     data = PerturbationData.from_anndata(adata, artifact="clean", seed=rep_seed)
     tc, mc = TrainConfig(seed=rep_seed, progress=False, **train), ModelConfig(**config)
     common = dict(num_draws=args.draws, n_cells=args.n_cells, seed=rep_seed, basal=args.basal)
-    if args.bootstrap_members > 1:   # the bagged posterior: each run on a resample of the cells
-        runs = fit_ensemble(data, tc, mc, members=args.bootstrap_members, bootstrap=True)
-        post = ensemble_ate(runs, data, names, **common)
-    elif args.members > 1:   # a mixture of runs that differ only in their training seed
-        runs = fit_ensemble(data, tc, mc, members=args.members)
+    members = max(args.members, args.bootstrap_members)
+    if members > 1:   # a mixture of runs: on the same cells, or each on a resample of them
+        runs = fit_ensemble(data, tc, mc, members=members, bootstrap=args.bootstrap_members > 1)
         post = ensemble_ate(runs, data, names, **common)
     else:
         model = (oracle_model(data, truth_model, config, dispersion=args.oracle_decoder == "with-dispersion")
@@ -141,10 +139,15 @@ def replicate(rep_seed, args, config, train):
         run = fit(data, tc, mc, model=model)
         post = posterior_ate(run.model, run.guide, data, names, **common)
     ranks = (post.draws < ate[:, None, :]).sum(1)           # rank of the truth, 0..L
+    stats_, _ = interval_stats(post, ate)
+    return ranks.ravel(), stats_["coverage_90"], stats_["median_width_90"]
+
+
+def interval_stats(post, ate):
+    """Coverage of the true ATE by the 90 % intervals, their median width, and the widths."""
     lower, upper = post.lower.to_numpy(), post.upper.to_numpy()
-    inside = (lower <= ate) & (ate <= upper)
-    width = float(np.median(upper - lower))
-    return ranks.ravel(), float(inside.mean()), width
+    return {"coverage_90": float(((lower <= ate) & (ate <= upper)).mean()),
+            "median_width_90": float(np.median(upper - lower))}, upper - lower
 
 
 def rank_test(ranks, draws, bins=10):

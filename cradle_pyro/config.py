@@ -132,9 +132,13 @@ class ModelConfig:
         Make the decoder's output layer (G × H weights) a latent with a prior
         (site ``decoder_weight``) instead of a point estimate, so that what
         the data leave unknown about how the latent state maps to each gene
-        enters every interval. Measured by SBC: with the decoder a point
-        estimate the 90 % intervals cover the truth 0.76 of the time, with
-        the generating decoder in its place 0.91 (``benchmarks/sbc.py``).
+        enters every interval. Off by default: in simulation-based
+        calibration the point-estimate decoder is where the intervals'
+        overconfidence comes from (90 % coverage 0.72–0.77; 0.91 with the
+        generating decoder in its place), but this latent raises coverage
+        only to 0.73–0.80; a bagged ensemble does better
+        (:func:`~cradle_pyro.inference.ensembles.fit_ensemble`, ``bootstrap=True``;
+        ``benchmarks/sbc.py``, docs/measurements.md).
     bayesian_decoder_layers
         Which weights are latents: ``"output"`` (default) or ``"all"`` (every
         layer of the decoder; sites ``decoder_hidden_weight_<k>`` beside

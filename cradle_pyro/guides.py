@@ -255,20 +255,21 @@ class CorrelatedGuide(_GuideBase):
             self.artifact_effect_loc = PyroParam(torch.zeros(A, d))
             self.artifact_effect_scale = PyroParam(torch.full((A, d), 0.1),
                                                    constraint=constraints.positive)
-        if cfg.bayesian_decoder:  # each starts at the decoder's initial weights
-            # a small start (0.5 % of the prior's scale): on SBC screens (benchmarks/sbc.py) a
-            # start at a quarter of it gave no wider intervals and made early training noisy
-            self.decoder_weight_loc = torch.nn.ParameterList()
-            self.decoder_weight_tril = torch.nn.ParameterList()
-            start = math.log(DECODER_SCALE_START * cfg.decoder_weight_scale)
-            for _, i, _ in model.decoder_weight_sites():
-                weight = model.decoder.net[i].weight.detach()
-                self.decoder_weight_loc.append(torch.nn.Parameter(weight.clone()))
-                # one full covariance per output unit (row): the hidden units are strongly
-                # correlated features, so a row's weights are too, and a mean-field guide
-                # gives each only its conditional variance
-                raw = torch.diag_embed(torch.full_like(weight, start))
-                self.decoder_weight_tril.append(torch.nn.Parameter(raw))
+        # q(decoder weights), one pair per latent weight (none while the decoder is a point
+        # estimate); each starts at the decoder's initial weights and a small scale (0.5 % of
+        # the prior's): on SBC screens (benchmarks/sbc.py) a start at a quarter of it gave no
+        # wider intervals and made early training noisy
+        self.decoder_weight_loc = torch.nn.ParameterList()
+        self.decoder_weight_tril = torch.nn.ParameterList()
+        start = math.log(DECODER_SCALE_START * cfg.decoder_weight_scale)
+        for _, i, _ in model.decoder_weight_sites():
+            weight = model.decoder.net[i].weight.detach()
+            self.decoder_weight_loc.append(torch.nn.Parameter(weight.clone()))
+            # one full covariance per output unit (row): the hidden units are strongly
+            # correlated features, so a row's weights are too, and a mean-field guide
+            # gives each only its conditional variance
+            self.decoder_weight_tril.append(torch.nn.Parameter(
+                torch.diag_embed(torch.full_like(weight, start))))
         if cfg.latent_artifacts:
             self.artifact_guide = ArtifactGuide(model)
 
@@ -302,8 +303,8 @@ class CorrelatedGuide(_GuideBase):
                 if m.use_gene_effects:
                     pyro.sample("gene_effect", dist.Normal(self.gene_effect_loc,
                                                            self.gene_effect_scale).to_event(1))
-        for (site, _, _), loc, raw in (zip(m.decoder_weight_sites(), self.decoder_weight_loc,
-                                           self.decoder_weight_tril) if cfg.bayesian_decoder else ()):
+        for (site, _, _), loc, raw in zip(m.decoder_weight_sites(), self.decoder_weight_loc,
+                                          self.decoder_weight_tril):
             # unit lower-triangular times the scales: an optimiser's step on an
             # off-diagonal entry is then relative to the scales, not absolute
             scale = raw.diagonal(dim1=-2, dim2=-1).exp()

@@ -43,7 +43,8 @@ def fit_ensemble(data, train_config: TrainConfig | None = None, model_config=Non
     exactly what :func:`~cradle_pyro.inference.train.fit` with ``train_config`` returns, or
     ``first`` when that run is already trained.
 
-    With ``bootstrap=True`` every member (the first too) trains on its own bootstrap
+    With ``bootstrap=True`` every member (the first too, so ``first`` is not used) trains on
+    its own bootstrap
     replicate of the training cells (:meth:`~cradle_pyro.data.PerturbationData.resample_training`,
     seeded by the member's seed), and the mixture is the bagged posterior (BayesBag:
     Bühlmann 2014; Huggins & Miller 2023): what one run's guide leaves out, chiefly that the
