@@ -14,6 +14,12 @@ Steps (each adds one change to the step before it):
    temperature 0.5, 200 epochs, the last state kept) and the ATE recipe (the
    screen's own cells, abducted basal states).
 
+``--direction remove`` runs the reverse question, what each extension carries under
+today's training: ``cradle``, then ``cradle`` with one extension taken out at a time
+(``-residual encoder`` ... ``-independence``), and ``-all extensions`` (the published
+sites and objective terms, today's training and ATE recipe). Its results go to
+``ablation_<screen>_remove.json``.
+
 Each screen holds out its doubles (Norman: all five eligible; simulated: a
 third of the eligible) and half the control cells; every predictor, the
 baselines of :mod:`cradle_pyro.inference.baselines` included, is built from the
@@ -32,6 +38,7 @@ patience 50) to fit a CPU budget; the cap is written into the result.
 
     python benchmarks/ablation.py --screen norman --seeds 0,1,2
     python benchmarks/ablation.py --screen simulator --seeds 0,1,2 --steps cradle-paper,cradle
+    python benchmarks/ablation.py --screen norman --seeds 0,1,2 --direction remove
 """
 
 import argparse
@@ -59,6 +66,13 @@ STEPS = [("cradle-paper", {}), ("+residual encoder", {"residual_encoder": True})
          ("+gene effects", {"gene_effects": True}), ("+target effects", {"target_effects": True}),
          ("+library mediator", {"library_effects": True}), ("+independence", {"independence": 3.0}),
          ("cradle", None)]
+EXTENSIONS_OFF = {"-residual encoder": {"residual_encoder": False},
+                  "-gene effects": {"gene_effects": False},
+                  "-target effects": {"target_effects": False},
+                  "-library mediator": {"library_effects": False},
+                  "-independence": {"independence": 0.0}}
+REMOVALS = [("cradle", {}), *EXTENSIONS_OFF.items(),
+            ("-all extensions", {k: v for c in EXTENSIONS_OFF.values() for k, v in c.items()})]
 SIMULATED = {"simulator": {}, "crispri": {"knockdown": -2.0}}
 COLUMNS = ["pearson_all", "pearson_top", "r2_top"]
 
@@ -91,6 +105,14 @@ def step_configs(upto: int, seed: int, max_epochs: int):
     return mc, tc, PRESETS["cradle-paper"]["effects"]["basal"]
 
 
+def removal_configs(name: str, seed: int):
+    """Today's ``cradle`` with the extensions of removal ``name`` taken out."""
+    changes = dict(REMOVALS)[name]
+    train = {k: v for k, v in changes.items() if k in TrainConfig.__dataclass_fields__}
+    model = {k: v for k, v in changes.items() if k not in train}
+    return (ModelConfig(**model), TrainConfig(seed=seed, progress=False, **train), "abducted")
+
+
 def truth_r(table, truth, conditions) -> dict:
     """r (all genes, top-20 of the true ATE) with the known truth, mean over conditions."""
     r_all, r_top = [], []
@@ -106,14 +128,16 @@ def truth_r(table, truth, conditions) -> dict:
             "truth_r_top": float(np.mean(r_top)) if r_top else None}
 
 
-def run_seed(screen, seed, steps, max_epochs) -> dict:
+def run_seed(screen, seed, steps, max_epochs, direction="add") -> dict:
     data, truth = screen_data(screen, seed)
     test = [c for c in held_out_conditions(data) if data.separator in c]
     predictions, seconds, epochs = {}, {}, {}
-    for i, (name, _) in enumerate(STEPS):
+    variants = STEPS if direction == "add" else REMOVALS
+    for i, (name, _) in enumerate(variants):
         if name not in steps:
             continue
-        mc, tc, basal = step_configs(i, seed, max_epochs)
+        mc, tc, basal = (step_configs(i, seed, max_epochs) if direction == "add"
+                         else removal_configs(name, seed))
         t0 = time.time()
         run = fit(data, tc, mc)
         seconds[name], epochs[name] = round(time.time() - t0, 1), len(run.history)
@@ -146,20 +170,32 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--screen", choices=["norman", *SIMULATED], default="norman")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--steps", default=",".join(s for s, _ in STEPS))
+    ap.add_argument("--direction", choices=["add", "remove"], default="add",
+                    help="add: from cradle-paper one extension at a time; remove: from cradle, "
+                         "one extension taken out at a time")
+    ap.add_argument("--steps", default=None,
+                    help="comma-separated step names (default: every step of --direction)")
     ap.add_argument("--max-epochs", type=int, default=2000,
                     help="cap on the preset's early-stopped training (published: 2000)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--readme-table", metavar="MARKER", default=None,
+                    help="only write the result file's table into the README between "
+                         "<!-- MARKER --> and <!-- /MARKER --> (no training)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    steps = args.steps.split(",")
-    out = Path(args.out or RESULTS / f"ablation_{args.screen}.json")
+    variants = STEPS if args.direction == "add" else REMOVALS
+    steps = args.steps.split(",") if args.steps else [s for s, _ in variants]
+    suffix = "" if args.direction == "add" else "_remove"
+    out = Path(args.out or RESULTS / f"ablation_{args.screen}{suffix}.json")
+    if args.readme_table:
+        write_readme_table(json.loads(out.read_text()), args.readme_table)
+        return
     per_seed = {}
     if out.exists():   # seeds run in separate calls merge
         per_seed = json.loads(out.read_text()).get("per_seed", {})
     for seed in [int(s) for s in args.seeds.split(",")]:
-        per_seed[str(seed)] = run_seed(args.screen, seed, steps, args.max_epochs)
+        per_seed[str(seed)] = run_seed(args.screen, seed, steps, args.max_epochs, args.direction)
         _write(out, args, per_seed)
     print(out.read_text()[:3000])
 
@@ -169,7 +205,9 @@ def _write(out, args, per_seed):
     mean = {p: {c: _mean_sd([s["summary"].get(p, {}).get(c) for s in per_seed.values()])
                 for c in COLUMNS} for p in predictors}
     result = {"screen": args.screen, "commit": _commit(),
-              "settings": {"steps": [s for s, _ in STEPS], "max_epochs_preset": args.max_epochs,
+              "settings": {"direction": args.direction,
+                           "steps": [s for s, _ in (STEPS if args.direction == "add" else REMOVALS)],
+                           "max_epochs_preset": args.max_epochs,
                            "scoring": "score_ates: truth from held-out cells (held-out doubles "
                                       "minus held-out controls), baselines from training cells"},
               "seeds": sorted(per_seed), "mean_sd_over_seeds": mean, "per_seed": per_seed}
@@ -179,6 +217,38 @@ def _write(out, args, per_seed):
                                                     if n in s.get("truth", {})])
                                        for k in ("truth_r_all", "truth_r_top")} for n in names}
     out.write_text(json.dumps(result, indent=2))
+
+
+BASELINES = ["additive", "mean", "no_change", "linear", "ceiling"]
+
+
+def markdown_table(result: dict) -> str:
+    """The result's mean ± sd over seeds as a Markdown table (steps, then baselines)."""
+    rows = result["mean_sd_over_seeds"]
+    order = [s for s in result["settings"]["steps"] if s in rows] + \
+        [b for b in BASELINES if b in rows]
+    lines = ["| predictor | r, all genes | r, top-20 | R², top-20 | seeds |",
+             "|---|---|---|---|---|"]
+    for name in order:
+        n = sum(name in s["summary"] for s in result["per_seed"].values())
+        cells = [_cell(rows[name][c]) for c in COLUMNS]
+        label = "split-half ceiling" if name == "ceiling" else f"`{name}`" \
+            if name not in BASELINES else f"{name} (baseline)"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {n} |")
+    return "\n".join(lines)
+
+
+def _cell(v) -> str:
+    return "—" if v is None else f"{v[0]:.2f} ± {v[1]:.2f}"
+
+
+def write_readme_table(result: dict, marker: str, readme: Path = ROOT / "README.md"):
+    """Replace the README's text between ``<!-- marker -->`` and ``<!-- /marker -->``."""
+    text = readme.read_text()
+    start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{markdown_table(result)}\n{end}{tail}")
 
 
 def _commit() -> str:

